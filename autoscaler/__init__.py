@@ -1,0 +1,1 @@
+"""Scaling policy, the control loop that applies it, and the replica backends."""

@@ -1,0 +1,1 @@
+"""Replica backends: where replicas run (local processes, Kubernetes, static URLs)."""

@@ -1,0 +1,1 @@
+"""The front door: authentication, traffic split, dispatch to replicas, management API."""
