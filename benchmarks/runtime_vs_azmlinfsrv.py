@@ -1,0 +1,452 @@
+"""mlfe's scoring runtime against Azure's azureml-inference-server-http, in one run.
+
+    .venv/bin/python benchmarks/runtime_vs_azmlinfsrv.py [--duration 10] [--warmup 2]
+
+Both servers run the same trivial entry script (benchmarks/scripts/noop_score.py) with
+one worker each, and get the same closed-loop load (1 and 8 connections) from
+benchmarks/loadgen.py, alternating between the two so drift on a shared machine hits
+both. The server's CPU time comes from /proc (utime + stime of its whole process tree:
+gunicorn's master and worker count together) and is divided by the responses served.
+
+Azure's server is installed from the package index into benchmarks/.envs/azmlinfsrv on
+first use. Results are printed and written to benchmarks/results/runtime_vs_azmlinfsrv.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a file, not only as `python -m benchmarks....`
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.loadgen import LoadConfig, LoadResult, run_load  # noqa: E402
+
+ENTRY_SCRIPT = ROOT / "benchmarks" / "scripts" / "noop_score.py"
+AZURE_ENV = ROOT / "benchmarks" / ".envs" / "azmlinfsrv"
+AZURE_PACKAGE = "azureml-inference-server-http"
+RESULT_FILE = ROOT / "benchmarks" / "results" / "runtime_vs_azmlinfsrv.json"
+BODY = b'{"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]}'
+HEADERS = (("Content-Type", "application/json"),)
+CPU_TARGET_RATIO = 0.25
+READY_TIMEOUT_S = 120.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------------------
+# Azure's server, installed on demand
+
+
+class InstallError(RuntimeError):
+    """Azure's server could not be installed; the message says why."""
+
+
+def ensure_azmlinfsrv() -> Path:
+    """Return the azmlinfsrv executable, creating its own virtualenv when missing."""
+    executable = AZURE_ENV / "bin" / "azmlinfsrv"
+    if executable.exists():
+        return executable
+    print(f"installing {AZURE_PACKAGE} into {AZURE_ENV.relative_to(ROOT)}", flush=True)
+    # Built from the interpreter running this script, so both servers run the same Python.
+    steps = [
+        [sys.executable, "-m", "venv", "--clear", str(AZURE_ENV)],
+        [str(AZURE_ENV / "bin" / "python"), "-m", "pip", "install", "-q", AZURE_PACKAGE],
+    ]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+            raise InstallError(f"{' '.join(step)} failed (exit {done.returncode}):\n{tail}")
+    if not executable.exists():
+        raise InstallError(f"{AZURE_PACKAGE} installed but {executable} is missing")
+    return executable
+
+
+def package_version(python: Path | str, package: str) -> str:
+    done = subprocess.run(
+        [str(python), "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip() or "unknown"
+
+
+# ---------------------------------------------------------------------------------------
+# Servers under test
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server on a given port."""
+
+    name: str
+    argv: tuple[str, ...]
+
+
+def mlfe_spec(port: int, model_dir: Path) -> ServerSpec:
+    argv = (
+        sys.executable,
+        "-m",
+        "scoring_runtime",
+        "--entry-script",
+        str(ENTRY_SCRIPT),
+        "--model-dir",
+        str(model_dir),
+        "--port",
+        str(port),
+    )
+    return ServerSpec("mlfe", argv)
+
+
+def azure_spec(executable: Path, port: int, model_dir: Path) -> ServerSpec:
+    argv = (
+        str(executable),
+        "--entry_script",
+        str(ENTRY_SCRIPT),
+        "--model_dir",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--worker_count",
+        "1",
+    )
+    return ServerSpec("azmlinfsrv", argv)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    spec: ServerSpec
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+
+@contextlib.contextmanager
+def running(spec: ServerSpec, port: int, log_dir: Path) -> Iterator[RunningServer]:
+    """Start a server in its own process group; stop the whole group on exit."""
+    log_path = log_dir / f"{spec.name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            spec.argv, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, start_new_session=True
+        )
+    server = RunningServer(spec, process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        wait_ready(server)
+        yield server
+    finally:
+        stop(process)
+
+
+def wait_ready(server: RunningServer) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(
+                f"{server.spec.name} exited with {server.process.returncode} before it was "
+                f"ready; log:\n{server.log_path.read_text(errors='replace')[-3000:]}"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(server.base_url + "/", timeout=2.0).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{server.spec.name} not ready after {READY_TIMEOUT_S:.0f} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    # The group id is the pid of the process we started (start_new_session=True).
+    for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # Workers can outlive a killed master; the group signal above reaches them too.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------
+# CPU time from /proc
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, CPU ticks: utime + stime + reaped children's cutime + cstime)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name, which may itself contain spaces or parentheses.
+    fields = text[text.rindex(")") + 2 :].split()
+    ppid = int(fields[1])
+    ticks = sum(int(value) for value in fields[11:15])
+    return ppid, ticks
+
+
+def tree_cpu_ticks(root_pid: int) -> dict[int, int]:
+    """CPU ticks of ``root_pid`` and every descendant, by pid."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+            parents[int(entry)], ticks[int(entry)] = stat
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    found: dict[int, int] = {}
+    pending = [root_pid]
+    while pending:
+        pid = pending.pop()
+        if pid in ticks:
+            found[pid] = ticks[pid]
+            pending.extend(children.get(pid, ()))
+    return found
+
+
+def cpu_seconds_between(before: dict[int, int], after: dict[int, int]) -> float:
+    ticks = sum(value - before.get(pid, 0) for pid, value in after.items())
+    return ticks / CLOCK_TICKS
+
+
+# ---------------------------------------------------------------------------------------
+# Measurement
+
+
+@dataclass(frozen=True)
+class Measurement:
+    server: str
+    connections: int
+    load: LoadResult
+    server_cpu_s: float
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.server_cpu_s * 1e6 / max(self.load.completed, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "connections": self.connections,
+            "rps": round(self.load.rps, 1),
+            "p50_ms": self.load.latency.p50_ms,
+            "p99_ms": self.load.latency.p99_ms,
+            "cpu_us_per_request": round(self.cpu_us_per_request, 1),
+            "server_cpu_s": round(self.server_cpu_s, 3),
+            "server_cpu_cores": round(self.server_cpu_s / self.load.elapsed_s, 3),
+            "load": self.load.to_dict(),
+        }
+
+
+async def measure(
+    server: RunningServer, connections: int, warmup_s: float, duration_s: float
+) -> Measurement:
+    def config(duration: float) -> LoadConfig:
+        return LoadConfig(
+            url=server.base_url + "/score",
+            method="POST",
+            body=BODY,
+            headers=HEADERS,
+            connections=connections,
+            duration=duration,
+        )
+
+    # Warmup is its own run so the CPU snapshot brackets exactly the measured requests.
+    await run_load(config(warmup_s))
+    before = tree_cpu_ticks(server.process.pid)
+    load = await run_load(config(duration_s))
+    after = tree_cpu_ticks(server.process.pid)
+    return Measurement(server.spec.name, connections, load, cpu_seconds_between(before, after))
+
+
+def check_answers(server: RunningServer) -> dict[str, Any]:
+    """One request by hand, so a misconfigured server fails loudly instead of fast."""
+    response = httpx.post(
+        server.base_url + "/score", content=BODY, headers=dict(HEADERS), timeout=10.0
+    )
+    if response.status_code != 200:
+        raise RuntimeError(
+            f"{server.spec.name} answered {response.status_code}: {response.text[:300]}"
+        )
+    return {"status": response.status_code, "body": response.text}
+
+
+def ratios(mlfe: Measurement, azure: Measurement) -> dict[str, float]:
+    def ratio(a: float, b: float) -> float:
+        return round(a / b, 3) if b else float("nan")
+
+    return {
+        "cpu_per_request": ratio(mlfe.cpu_us_per_request, azure.cpu_us_per_request),
+        "rps": ratio(mlfe.load.rps, azure.load.rps),
+        "p50": ratio(mlfe.load.latency.p50_ms, azure.load.latency.p50_ms),
+        "p99": ratio(mlfe.load.latency.p99_ms, azure.load.latency.p99_ms),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "clock_ticks_per_s": CLOCK_TICKS,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def print_table(measurements: list[Measurement], ratio_rows: dict[int, dict[str, float]]) -> None:
+    header = (
+        f"{'conns':>5}  {'server':<11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/req':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for connections, row in ratio_rows.items():
+        for m in measurements:
+            if m.connections == connections:
+                print(
+                    f"{connections:>5}  {m.server:<11} {m.load.rps:>9.1f} "
+                    f"{m.load.latency.p50_ms:>8.3f} {m.load.latency.p99_ms:>8.3f} "
+                    f"{m.cpu_us_per_request:>11.1f}"
+                )
+        print(
+            f"{connections:>5}  {'mlfe/azure':<11} {row['rps']:>8.2f}x {row['p50']:>7.2f}x "
+            f"{row['p99']:>7.2f}x {row['cpu_per_request']:>10.3f}x"
+        )
+
+
+async def benchmark(args: argparse.Namespace) -> int:
+    try:
+        azure_executable = ensure_azmlinfsrv()
+    except InstallError as exc:
+        print(f"cannot install {AZURE_PACKAGE}: {exc}", file=sys.stderr)
+        return 2
+    info = machine_info()
+    measurements: list[Measurement] = []
+    with tempfile.TemporaryDirectory(prefix="mlfe-bench-") as scratch:
+        work = Path(scratch)
+        model_dir = work / "model"
+        model_dir.mkdir()
+        specs = [
+            mlfe_spec(free_port(), model_dir),
+            azure_spec(azure_executable, free_port(), model_dir),
+        ]
+        with contextlib.ExitStack() as stack:
+            servers = []
+            for spec in specs:
+                port = int(spec.argv[spec.argv.index("--port") + 1])
+                servers.append(stack.enter_context(running(spec, port, work)))
+            answers = {server.spec.name: check_answers(server) for server in servers}
+            for round_index, connections in enumerate(args.connections):
+                # ABBA order: whichever server goes second gets the other's drift once each.
+                order = servers if round_index % 2 == 0 else list(reversed(servers))
+                for server in order:
+                    print(f"measuring {server.spec.name} connections={connections}", flush=True)
+                    measurements.append(
+                        await measure(server, connections, args.warmup, args.duration)
+                    )
+    by_key = {(m.server, m.connections): m for m in measurements}
+    ratio_rows = {
+        c: ratios(by_key[("mlfe", c)], by_key[("azmlinfsrv", c)]) for c in args.connections
+    }
+    print_table(measurements, ratio_rows)
+    worst = max(row["cpu_per_request"] for row in ratio_rows.values())
+    met = worst <= CPU_TARGET_RATIO
+    print(
+        f"target: mlfe CPU/request <= {CPU_TARGET_RATIO} x azmlinfsrv: worst {worst:.3f} -> "
+        f"{'met' if met else 'MISSED'}"
+    )
+    info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    document = {
+        "benchmark": "runtime_vs_azmlinfsrv",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": info,
+        "versions": {
+            AZURE_PACKAGE: package_version(AZURE_ENV / "bin" / "python", AZURE_PACKAGE),
+            "gunicorn": package_version(AZURE_ENV / "bin" / "python", "gunicorn"),
+            "mlfe": package_version(sys.executable, "mlfe"),
+            "uvicorn": package_version(sys.executable, "uvicorn"),
+        },
+        "settings": {
+            "entry_script": str(ENTRY_SCRIPT.relative_to(ROOT)),
+            "request": {"method": "POST", "path": "/score", "body": BODY.decode()},
+            "mode": "closed loop",
+            "connections": list(args.connections),
+            "warmup_s": args.warmup,
+            "duration_s": args.duration,
+            "workers": 1,
+            "cpu": "utime+stime (+ reaped children) of the server's process tree, /proc",
+            "client": "benchmarks/loadgen.py in this process (uvloop); its CPU is not counted",
+        },
+        "notes": [
+            "azmlinfsrv runs gunicorn's sync worker, which closes the connection after every"
+            " response, so its clients open one socket per request (see load.sockets_opened);"
+            " mlfe's runtime keeps connections alive. Both are what any client of each gets.",
+            "The machine may be shared: compare the ratios, measured minutes apart in one run,"
+            " rather than absolute figures across runs.",
+        ],
+        "answers": answers,
+        "runs": [m.to_dict() for m in measurements],
+        "ratios_mlfe_over_azure": {str(c): row for c, row in ratio_rows.items()},
+        "target": {"cpu_per_request_ratio_max": CPU_TARGET_RATIO, "worst": worst, "met": met},
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="mlfe scoring runtime vs azmlinfsrv")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    parser.add_argument(
+        "--connections",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[1, 8],
+        help="comma-separated closed-loop connection counts (default 1,8)",
+    )
+    parser.add_argument("--output", type=Path, default=RESULT_FILE)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(benchmark(args))
+    return uvloop.run(benchmark(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""The scoring path: a raw ASGI callable for /api/v1/service/{name}/score and swagger.json.
+
+Per request it reads the registry snapshot, authenticates, chooses a version, waits for
+a replica slot and forwards through that replica's keep-alive pool. No Starlette objects,
+middleware or regex routing here: this is the product's hot path (DESIGN §5). Everything
+outside the scoring prefix goes to the fallback app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Callable
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from router.dispatch import QueueFull, QueueTimeout, Replica
+from router.registry import Deployment, Registry, ServiceRoute
+from router.swagger import rewrite_document
+from router.upstream import (
+    ConnectionLost,
+    NotDelivered,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+
+PREFIX = "/api/v1/service/"
+DEFAULT_MAX_BODY = 100 * 1024 * 1024
+SWAGGER_FETCH_TIMEOUT = 10.0
+# Distinct replicas tried for one request that could not be delivered.
+MAX_DELIVERY_ATTEMPTS = 3
+# The status recorded (never sent) for a client that left before its answer: nginx's 499.
+CLIENT_GONE = 499
+
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+WWW_AUTHENTICATE = (b"www-authenticate", b"Bearer")
+RETRY_AFTER = (b"retry-after", b"1")
+CONNECTION_CLOSE = (b"connection", b"close")
+# Headers the router sets on the response itself; the replica's copies are dropped.
+OWN_RESPONSE_HEADERS = frozenset(
+    (b"x-request-id", b"x-ms-client-request-id", b"azureml-model-deployment")
+)
+# Credentials stay at the front door: replicas never see them.
+NOT_FORWARDED = frozenset((b"authorization",))
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was sent to a replica."""
+
+
+class ResponseBroken(Exception):
+    """The replica failed after the response had started; the client connection is aborted."""
+
+
+class RequestTooLarge(Exception):
+    """The request body exceeds the configured limit."""
+
+
+class DataPlane:
+    """ASGI app for the scoring routes; delegates every other path to `fallback`."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        fallback: ASGIApp,
+        *,
+        max_body: int = DEFAULT_MAX_BODY,
+        random_source: Callable[[], float] = random.random,
+    ) -> None:
+        self.registry = registry
+        self.fallback = fallback
+        self.max_body = max_body
+        self._random = random_source
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(PREFIX):
+            await self.fallback(scope, receive, send)
+            return
+        name, _, action = path[len(PREFIX) :].partition("/")
+        if action == "score":
+            await self._score(scope, receive, send, name)
+        elif action == "swagger.json" and scope["method"] in ("GET", "HEAD"):
+            await self._swagger(scope, send, name)
+        else:
+            self.registry.metrics.count_unrouted(404)
+            await send_error(send, 404, f"No route for {path}", [])
+
+    async def _score(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        started = time.perf_counter()
+        authorization = request_id = client_request_id = pinned = content_length = None
+        forwarded: list[tuple[bytes, bytes]] = []
+        for header in scope["headers"]:
+            key = header[0]
+            if key == b"authorization":
+                authorization = header[1]
+                continue
+            if key == b"x-request-id":
+                request_id = header[1]
+            elif key == b"x-ms-client-request-id":
+                client_request_id = header[1]
+            elif key == b"azureml-model-deployment":
+                pinned = header[1]
+            elif key == b"content-length":
+                content_length = header[1]
+            forwarded.append(header)
+        if request_id is None:
+            request_id = str(uuid.uuid4()).encode()
+            forwarded.append((b"x-request-id", request_id))
+        echo = [(b"x-request-id", request_id)]
+        if client_request_id is not None:
+            echo.append((b"x-ms-client-request-id", client_request_id))
+
+        route = self.registry.routes.get(name)
+        if route is None:
+            self.registry.metrics.count_unrouted(404)
+            await send_error(send, 404, f"Service '{name}' not found", echo)
+            return
+        method: str = scope["method"]
+        if method not in ("POST", "GET"):
+            self.registry.metrics.count_unrouted(405)
+            await send_error(send, 405, f"Method {method} not allowed on /score", echo)
+            return
+        problem = route.auth.authenticate(authorization)
+        if problem is not None:
+            self.registry.metrics.count_unrouted(401)
+            await send_error(send, 401, problem, [*echo, WWW_AUTHENTICATE])
+            return
+        deployment = self._choose_deployment(route, pinned)
+        if deployment is None:
+            self.registry.metrics.count_unrouted(404)
+            version = (pinned or b"").decode("latin-1")
+            await send_error(send, 404, f"Version '{version}' not found in '{name}'", echo)
+            return
+        echo.append((b"azureml-model-deployment", deployment.spec.name.encode()))
+
+        status = await self._forward(
+            scope, receive, send, deployment, forwarded, echo, content_length
+        )
+        metrics = deployment.metrics
+        metrics.count(status)
+        metrics.latency.observe(time.perf_counter() - started)
+
+    def _choose_deployment(self, route: ServiceRoute, pinned: bytes | None) -> Deployment | None:
+        if pinned is not None:
+            return route.deployments.get(pinned.decode("latin-1").strip())
+        return route.deployments[route.traffic.choose_version(self._random())]
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        deployment: Deployment,
+        headers: list[tuple[bytes, bytes]],
+        echo: list[tuple[bytes, bytes]],
+        content_length: bytes | None,
+    ) -> int:
+        """Deliver the request to a replica and stream the answer; returns the status sent."""
+        try:
+            body = await self._read_body(receive, content_length)
+        except RequestTooLarge:
+            limit = self.max_body
+            await send_error(
+                send,
+                413,
+                f"Request body exceeds the limit of {limit} bytes",
+                [*echo, CONNECTION_CLOSE],
+            )
+            return 413
+        except ClientGone:
+            return CLIENT_GONE
+
+        pool = deployment.pool
+        timeout = deployment.spec.scoring_timeout
+        target = b"/score?" + scope["query_string"] if scope.get("query_string") else b"/score"
+        method = scope["method"].encode()
+        tried: set[str] = set()
+        replica: Replica[UpstreamPool] | None = None
+        try:
+            while True:
+                replica = await self._acquire(deployment, receive, tried)
+                try:
+                    response = await replica.target.request(method, target, headers, body, timeout)
+                    break
+                except NotDelivered:
+                    # Never reached the replica: safe to try another one.
+                    tried.add(replica.id)
+                    pool.release(replica)
+                    replica = None
+                    if len(tried) >= MAX_DELIVERY_ATTEMPTS:
+                        raise
+            out = [h for h in response.headers if h[0] not in OWN_RESPONSE_HEADERS]
+            out.extend(echo)
+            await send({"type": "http.response.start", "status": response.status, "headers": out})
+            if response.complete:
+                # The replica is done: free its slot before writing to a possibly slow client.
+                pool.release(replica)
+                replica = None
+                await send({"type": "http.response.body", "body": response.body})
+            else:
+                try:
+                    await self._stream(send, response)
+                except (ConnectionLost, UpstreamTimeout) as exc:
+                    # Headers are out; only a closed connection tells the client it broke.
+                    deployment.metrics.count(502)
+                    raise ResponseBroken(str(exc)) from exc
+            return response.status
+        except QueueFull:
+            message = "Too many requests are waiting for a replica"
+            await send_error(send, 503, message, [*echo, RETRY_AFTER])
+            return 503
+        except QueueTimeout:
+            wait_ms = round(deployment.spec.max_queue_wait * 1000)
+            message = f"No replica was free within maxQueueWaitMs ({wait_ms} ms)"
+            await send_error(send, 503, message, [*echo, RETRY_AFTER])
+            return 503
+        except UpstreamTimeout:
+            message = f"Scoring timed out after {round(timeout * 1000)} ms"
+            await send_error(send, 504, message, echo)
+            return 504
+        except NotDelivered:
+            message = f"No replica of version '{deployment.version}' could be reached"
+            await send_error(send, 502, message, echo)
+            return 502
+        except ConnectionLost:
+            message = "The replica closed the connection before answering"
+            await send_error(send, 502, message, echo)
+            return 502
+        except ClientGone:
+            return CLIENT_GONE
+        finally:
+            if replica is not None:
+                pool.release(replica)
+
+    async def _acquire(
+        self, deployment: Deployment, receive: Receive, tried: set[str]
+    ) -> Replica[UpstreamPool]:
+        """A replica slot now, or after waiting in the queue while watching the client."""
+        pool = deployment.pool
+        replica = pool.try_acquire(exclude=tried)
+        if replica is not None:
+            deployment.metrics.queue_wait.observe(0.0)
+            return replica
+        queued_at = time.perf_counter()
+        acquire = asyncio.ensure_future(pool.acquire(exclude=tried))
+        disconnect = asyncio.ensure_future(receive())
+        try:
+            await asyncio.wait((acquire, disconnect), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not acquire.done():
+                acquire.cancel()
+        if disconnect.done() and disconnect.result()["type"] == "http.disconnect":
+            if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
+                pool.release(acquire.result())
+            raise ClientGone
+        disconnect.cancel()
+        replica = acquire.result()
+        deployment.metrics.queue_wait.observe(time.perf_counter() - queued_at)
+        return replica
+
+    async def _stream(self, send: Send, response: UpstreamResponse) -> None:
+        """Relay a response whose body is still arriving, chunk by chunk."""
+        try:
+            if response.body:
+                await send({"type": "http.response.body", "body": response.body, "more_body": True})
+            while chunk := await response.read():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except BaseException:
+            # The client or the replica failed mid-body: stop the replica sending more.
+            response.abandon()
+            raise
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _read_body(self, receive: Receive, content_length: bytes | None) -> bytes:
+        if content_length is not None:
+            try:
+                declared = int(content_length)
+            except ValueError:
+                declared = 0
+            if declared > self.max_body:
+                raise RequestTooLarge
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if len(body) > self.max_body:
+                raise RequestTooLarge
+            return body
+        chunks = [body]
+        size = len(body)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise RequestTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _swagger(self, scope: Scope, send: Send, name: str) -> None:
+        route = self.registry.routes.get(name)
+        if route is None:
+            await send_error(send, 404, f"Service '{name}' not found", [])
+            return
+        query: bytes = scope.get("query_string", b"")
+        cached = route.swagger_cache.get(query.decode("latin-1"))
+        if cached is None:
+            status, body = await self._fetch_swagger(route, query)
+            if status != 200:
+                await send_json(send, status, body, [])
+                return
+            host = _header(scope, b"host") or b"localhost"
+            base_url = f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}{PREFIX}{name}"
+            document = rewrite_document(orjson.loads(body), base_url, route.auth.scheme)
+            cached = orjson.dumps(document)
+            route.swagger_cache[query.decode("latin-1")] = cached
+        await send_json(send, 200, cached, [])
+
+    async def _fetch_swagger(self, route: ServiceRoute, query: bytes) -> tuple[int, bytes]:
+        """Ask a ready replica of the default version for its document."""
+        candidates = [r for r in route.default.pool.replicas if not r.draining]
+        target = b"/swagger.json" + (b"?" + query if query else b"")
+        for replica in candidates:
+            try:
+                response = await replica.target.request(
+                    b"GET", target, [], b"", SWAGGER_FETCH_TIMEOUT
+                )
+                body = await _read_all(response)
+            except (NotDelivered, ConnectionLost, UpstreamTimeout):
+                continue
+            return response.status, body
+        message = f"No ready replica of '{route.name}' to read the swagger document from"
+        return 503, orjson.dumps({"message": message})
+
+
+async def _read_all(response: UpstreamResponse) -> bytes:
+    if response.complete:
+        return response.body
+    parts = [response.body]
+    while chunk := await response.read():
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, JSON_CONTENT_TYPE, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(
+    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    await send_json(send, status, orjson.dumps({"message": message}), headers)

@@ -1,0 +1,308 @@
+"""Which replica of a deployment serves a request, and who waits when none is free.
+
+A `ReplicaPool` holds one deployment's replicas, each with a fixed number of slots
+(`maxConcurrentRequestsPerContainer`). A request takes a slot on the ready replica with
+the fewest requests in flight; when every slot is taken it waits in a bounded FIFO queue
+for at most `maxQueueWaitMs`. A freed slot goes straight to the oldest waiter, so the queue
+is served in order and a slot is never free while someone eligible waits for it.
+
+Accounting rule: a slot is counted on its replica from the moment it is granted until
+`release()`, whoever holds it, including a waiter whose task has not resumed yet.
+Everything runs on the event loop thread; no method awaits except `acquire()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+# Above this many ready replicas, sample two at random instead of scanning them all.
+SCAN_LIMIT = 8
+
+
+class QueueFull(Exception):
+    """Too many requests are already waiting for this deployment."""
+
+
+class QueueTimeout(Exception):
+    """No slot became free within the deployment's maximum queue wait."""
+
+
+@dataclass(eq=False)
+class Replica(Generic[T]):
+    """One scoring process (or pod) and its slots; `target` is how to reach it."""
+
+    id: str
+    target: T
+    slots: int
+    in_flight: int = 0
+    # Set by drain() and remove(): the replica gets no new work from then on.
+    draining: bool = False
+
+
+class _Waiter:
+    """A queued request: the future its slot arrives on, and replicas it must not get."""
+
+    __slots__ = ("exclude", "future")
+
+    def __init__(self, future: asyncio.Future[Replica[Any]], exclude: Collection[str]) -> None:
+        self.future = future
+        self.exclude = exclude
+
+
+class ReplicaPool(Generic[T]):
+    """One per deployment: replicas with per-replica slots and a bounded FIFO wait queue."""
+
+    def __init__(
+        self,
+        *,
+        slots_per_replica: int,
+        max_queue_wait: float,
+        max_queue_length: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if slots_per_replica < 1:
+            raise ValueError(f"slots_per_replica must be at least 1, got {slots_per_replica}")
+        if max_queue_length < 0:
+            raise ValueError(f"max_queue_length must not be negative, got {max_queue_length}")
+        self.slots_per_replica = slots_per_replica
+        # Both may be changed at any time (a service update); they apply to later requests.
+        self.max_queue_wait = max_queue_wait
+        self.max_queue_length = max_queue_length
+        self._clock = clock
+        self._random = (rng or random.Random()).random
+        # Every replica not yet removed, draining or not, by id.
+        self._replicas: dict[str, Replica[T]] = {}
+        # The non-draining ones: the only candidates for new work.
+        self._ready: list[Replica[T]] = []
+        # Free slots over `_ready`, so a saturated pool is known without a scan.
+        self._free = 0
+        self._in_flight = 0
+        # Oldest first; an OrderedDict removes a cancelled waiter from the middle in O(1).
+        self._waiters: OrderedDict[_Waiter, None] = OrderedDict()
+        self._drained: dict[Replica[T], asyncio.Future[None]] = {}
+        # Demand integral since the last read_demand(): ∫ (in_flight + waiting) dt.
+        self._window_start = self._changed_at = clock()
+        self._area = 0.0
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Slots held, on any replica, including removed ones not yet released."""
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def ready_replicas(self) -> int:
+        return len(self._ready)
+
+    @property
+    def draining_replicas(self) -> int:
+        return len(self._replicas) - len(self._ready)
+
+    @property
+    def capacity(self) -> int:
+        """Slots on ready replicas, busy or not."""
+        return len(self._ready) * self.slots_per_replica
+
+    @property
+    def replicas(self) -> tuple[Replica[T], ...]:
+        """Every replica not yet removed, draining ones included."""
+        return tuple(self._replicas.values())
+
+    def get(self, replica_id: str) -> Replica[T] | None:
+        return self._replicas.get(replica_id)
+
+    def read_demand(self) -> float:
+        """Time-averaged in_flight + waiting since the previous call (the autoscaler's input)."""
+        now = self._clock()
+        level = self._in_flight + len(self._waiters)
+        area = self._area + level * (now - self._changed_at)
+        elapsed = now - self._window_start
+        self._window_start = self._changed_at = now
+        self._area = 0.0
+        return area / elapsed if elapsed > 0 else float(level)
+
+    def _integrate(self) -> None:
+        """Account for the demand level so far; called before every change to it."""
+        now = self._clock()
+        self._area += (self._in_flight + len(self._waiters)) * (now - self._changed_at)
+        self._changed_at = now
+
+    # -- replicas ------------------------------------------------------------------------
+
+    def add(self, replica_id: str, target: T) -> None:
+        """Put a replica into rotation; requests already waiting start on it at once."""
+        if replica_id in self._replicas:
+            raise ValueError(f"replica '{replica_id}' is already in the pool")
+        replica = Replica(id=replica_id, target=target, slots=self.slots_per_replica)
+        self._replicas[replica_id] = replica
+        self._ready.append(replica)
+        self._free += replica.slots
+        for _ in range(replica.slots):
+            if not self._waiters or not self._hand_over(replica):
+                break
+
+    def drain(self, replica_id: str) -> asyncio.Future[None]:
+        """Send no new work to a replica; the future resolves once it has nothing in flight.
+
+        Call on the event loop. An unknown id is a replica already gone: already drained.
+        """
+        loop = asyncio.get_running_loop()
+        replica = self._replicas.get(replica_id)
+        if replica is None:
+            done: asyncio.Future[None] = loop.create_future()
+            done.set_result(None)
+            return done
+        self._stop_new_work(replica)
+        future = self._drained.get(replica)
+        if future is None or future.cancelled():
+            future = loop.create_future()
+            if replica.in_flight == 0:
+                future.set_result(None)
+            else:
+                self._drained[replica] = future
+        return future
+
+    def remove(self, replica_id: str) -> None:
+        """Forget a replica now. Its in-flight requests finish (or fail) on their own and
+        their `release()` only frees the count; a pending drain() still resolves then."""
+        replica = self._replicas.pop(replica_id, None)
+        if replica is not None:
+            self._stop_new_work(replica)
+
+    def _stop_new_work(self, replica: Replica[T]) -> None:
+        if replica.draining:
+            return
+        replica.draining = True
+        self._ready.remove(replica)
+        self._free -= replica.slots - replica.in_flight
+
+    # -- slots ---------------------------------------------------------------------------
+
+    def try_acquire(self, exclude: Collection[str] = ()) -> Replica[T] | None:
+        """A slot on the least busy ready replica not in `exclude`, or None if none is free.
+
+        `exclude` holds replica ids a request was already tried on without being delivered.
+        """
+        if self._free == 0:
+            return None
+        replica = self._choose(exclude)
+        if replica is not None:
+            self._take(replica)
+        return replica
+
+    async def acquire(self, exclude: Collection[str] = ()) -> Replica[T]:
+        """A slot now, or the first one freed for this request within `max_queue_wait`.
+
+        Raises QueueFull at once when the queue is at its limit, QueueTimeout after the wait.
+        A cancelled caller (its client went away) leaves the queue and holds nothing.
+        """
+        replica = self.try_acquire(exclude)
+        if replica is not None:
+            return replica
+        if len(self._waiters) >= self.max_queue_length:
+            raise QueueFull
+        if self.max_queue_wait <= 0:
+            raise QueueTimeout
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), exclude)
+        self._integrate()
+        self._waiters[waiter] = None
+        timer = loop.call_later(self.max_queue_wait, self._expire, waiter)
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            future = waiter.future
+            if waiter in self._waiters:
+                self._integrate()
+                del self._waiters[waiter]
+            elif not future.cancelled() and future.exception() is None:
+                # A slot was granted in the same instant the task was cancelled: the
+                # request will never be sent, so the slot goes to the next waiter.
+                self.release(future.result())
+            raise
+        finally:
+            timer.cancel()
+
+    def release(self, replica: Replica[T]) -> None:
+        """Free a slot taken by try_acquire()/acquire(); the oldest eligible waiter gets it."""
+        if replica.in_flight <= 0:
+            raise RuntimeError(f"release() of replica '{replica.id}' without a slot held")
+        self._integrate()
+        replica.in_flight -= 1
+        self._in_flight -= 1
+        if replica.draining:
+            if replica.in_flight == 0:
+                future = self._drained.pop(replica, None)
+                if future is not None and not future.done():
+                    future.set_result(None)
+            return
+        self._free += 1
+        if self._waiters:
+            self._hand_over(replica)
+
+    def _choose(self, exclude: Collection[str]) -> Replica[T] | None:
+        """Least in flight among ready replicas with a free slot (two random choices if many)."""
+        ready = self._ready
+        count = len(ready)
+        if count > SCAN_LIMIT:
+            index = int(self._random() * count)
+            other = int(self._random() * (count - 1))
+            first = ready[index]
+            second = ready[other + 1 if other >= index else other]
+            if second.in_flight < first.in_flight:
+                first, second = second, first
+            for candidate in (first, second):
+                if candidate.in_flight < candidate.slots and candidate.id not in exclude:
+                    return candidate
+            # Both samples full or excluded: a slot is free elsewhere, so find it.
+        best: Replica[T] | None = None
+        for replica in ready:
+            in_flight = replica.in_flight
+            if in_flight < replica.slots and (best is None or in_flight < best.in_flight):
+                if exclude and replica.id in exclude:
+                    continue
+                best = replica
+                if in_flight == 0:
+                    break
+        return best
+
+    def _take(self, replica: Replica[T]) -> None:
+        self._integrate()
+        replica.in_flight += 1
+        self._in_flight += 1
+        self._free -= 1
+
+    def _hand_over(self, replica: Replica[T]) -> bool:
+        """Grant a free slot of a ready `replica` to the oldest waiter that may have it."""
+        for waiter in self._waiters:
+            # A cancelled waiter is still listed until its task runs; it gets nothing.
+            if waiter.future.done() or (waiter.exclude and replica.id in waiter.exclude):
+                continue
+            break
+        else:
+            return False
+        self._take(replica)
+        del self._waiters[waiter]
+        waiter.future.set_result(replica)
+        return True
+
+    def _expire(self, waiter: _Waiter) -> None:
+        if waiter in self._waiters:
+            self._integrate()
+            del self._waiters[waiter]
+            if not waiter.future.done():
+                waiter.future.set_exception(QueueTimeout())

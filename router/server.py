@@ -1,0 +1,38 @@
+"""Runs an ASGI app on uvicorn with the settings the scoring path needs."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import uvicorn
+
+# Clients of a scoring service keep connections open between bursts of load.
+KEEP_ALIVE_SECONDS = 75
+
+
+def uvicorn_server(app: Any, *, log_level: str = "warning") -> uvicorn.Server:
+    """A uvicorn server on httptools with no access log: the hot path logs nothing."""
+    config = uvicorn.Config(
+        app,
+        loop="none",  # the caller's loop (uvloop when run through `run`)
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level=log_level,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        server_header=False,
+        date_header=False,
+    )
+    return uvicorn.Server(config)
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A listening socket; port 0 picks a free one (read it from getsockname())."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,147 @@
+"""N scoring slots: run() calls execute on N worker threads, off the event loop.
+
+A request first waits (FIFO) for a free slot on the loop, then its job goes to a
+worker thread and the scoring timeout starts. A slot is released only when the worker
+really finishes, so a run() that outlived its timeout still counts as busy: the replica
+never runs more than N calls at once, whatever the clients were told.
+
+Workers hand results back with `call_soon_threadsafe` on a plain future, which costs
+less than `run_in_executor`'s concurrent.futures chain on every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+A = TypeVar("A")
+
+
+class ScoringTimeout(Exception):
+    """run() did not finish within the scoring timeout (it may still be running)."""
+
+
+class _Job(Generic[A, T]):
+    __slots__ = ("argument", "function", "loop", "waiter")
+
+    def __init__(
+        self,
+        function: Callable[[A], T],
+        argument: A,
+        loop: asyncio.AbstractEventLoop,
+        waiter: asyncio.Future[T],
+    ) -> None:
+        self.function = function
+        self.argument = argument
+        self.loop = loop
+        self.waiter = waiter
+
+
+class ScoringSlots:
+    """Bounded concurrency for blocking calls, with a timeout that keeps the slot busy."""
+
+    def __init__(self, size: int, timeout_s: float, thread_name: str = "run") -> None:
+        self.size = size
+        self.timeout_s = timeout_s
+        self._free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._jobs: queue.SimpleQueue[_Job[Any, Any] | None] = queue.SimpleQueue()
+        # Daemon threads: a run() stuck forever must not keep the process alive at exit.
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{thread_name}-{i}", daemon=True)
+            for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def busy(self) -> int:
+        """Slots held by a call, including calls that already timed out."""
+        return self.size - self._free
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def call(self, function: Callable[[A], T], argument: A) -> T:
+        """`function(argument)` on a worker thread; raises ScoringTimeout past the timeout."""
+        await self._acquire()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(function, argument, loop, waiter))
+        timer = loop.call_later(self.timeout_s, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+
+    def close(self) -> None:
+        """Ask idle workers to stop; busy ones finish their call first (they are daemons)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    async def _acquire(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # The slot was handed over just as we were cancelled: pass it on.
+                self._release()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                # The slot goes straight to the longest waiter; _free stays unchanged.
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+    def _finish(self, job: _Job[Any, Any], result: Any, error: BaseException | None) -> None:
+        # Runs on the loop once the worker is done: only now is the slot free again.
+        self._release()
+        if job.waiter.done():
+            return  # timed out; the caller has already answered
+        if error is not None:
+            job.waiter.set_exception(error)
+        else:
+            job.waiter.set_result(result)
+
+    def _work(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            try:
+                result, error = job.function(job.argument), None
+            except Exception as raised:
+                result, error = None, raised
+            except BaseException as raised:
+                # SystemExit and friends must not escape into the event loop.
+                result, error = None, RuntimeError(f"run() raised {type(raised).__name__}")
+                error.__cause__ = raised
+            try:
+                job.loop.call_soon_threadsafe(self._finish, job, result, error)
+            except RuntimeError:
+                return  # the loop is closed: the process is shutting down
+
+
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(ScoringTimeout())

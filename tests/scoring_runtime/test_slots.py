@@ -1,0 +1,68 @@
+"""Slots, concurrency and the scoring timeout (scoring_runtime/slots.py), end to end."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.helpers.runtime_proc import RuntimeProcess
+
+
+@pytest.fixture(scope="module")
+def one_slot_short_timeout(runtime_for) -> RuntimeProcess:
+    return runtime_for("slow.py", uds=True, args=["--scoring-timeout-ms", "300"])
+
+
+@pytest.fixture(scope="module")
+def two_slots(runtime_for) -> RuntimeProcess:
+    return runtime_for("slow.py", args=["--max-concurrent", "2"])
+
+
+async def test_health_probe_answers_while_run_is_busy(two_slots) -> None:
+    async with two_slots.async_client() as client:
+        scoring = asyncio.create_task(client.post("/score", content=b"1.0"))
+        await asyncio.sleep(0.2)
+        health = await client.get("/")
+        assert not scoring.done()
+        assert health.status_code == 200
+        assert (await scoring).status_code == 200
+
+
+async def test_two_slots_run_two_calls_at_once(two_slots) -> None:
+    async with two_slots.async_client() as client:
+        first, second = await asyncio.gather(
+            client.post("/score", content=b"0.5"), client.post("/score", content=b"0.5")
+        )
+    assert first.json()["max_in_flight"] == 2 or second.json()["max_in_flight"] == 2
+
+
+async def test_timeout_answers_500_and_keeps_the_slot_busy(one_slot_short_timeout) -> None:
+    async with one_slot_short_timeout.async_client() as client:
+        slow = await client.post("/score", content=b"1.5")
+        assert slow.status_code == 500
+        assert slow.json() == {"message": "Scoring timeout after 300 ms"}
+        assert slow.headers["x-ms-run-function-failed"] == "True"
+
+        # The timed-out run() is still sleeping, so the one slot is still taken...
+        metrics = (await client.get("/metrics")).text
+        assert "mlfe_runtime_busy_slots 1.0" in metrics
+
+        # ...and the next call only starts once that run() has really ended.
+        quick = await client.post("/score", content=b"0")
+        assert quick.status_code == 200
+        result = quick.json()
+        assert result["previous_end"] is not None
+        assert result["started"] >= result["previous_end"]
+        assert result["max_in_flight"] == 1
+
+    assert "event=run_timeout" in one_slot_short_timeout.log()
+
+
+async def test_requests_beyond_the_slots_wait_instead_of_failing(one_slot_short_timeout) -> None:
+    async with one_slot_short_timeout.async_client() as client:
+        responses = await asyncio.gather(
+            *(client.post("/score", content=b"0.05") for _ in range(4))
+        )
+    assert [response.status_code for response in responses] == [200] * 4
+    assert all(response.json()["max_in_flight"] == 1 for response in responses)
