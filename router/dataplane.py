@@ -220,6 +220,8 @@ class DataPlane:
             await send_error(send, 503, message, [*echo, RETRY_AFTER])
             return 503
         except UpstreamTimeout:
+            if replica is not None and self.registry.on_replica_timeout is not None:
+                self.registry.on_replica_timeout(deployment.service, deployment.version, replica.id)
             message = f"Scoring timed out after {round(timeout * 1000)} ms"
             await send_error(send, 504, message, echo)
             return 504
@@ -246,6 +248,9 @@ class DataPlane:
         if replica is not None:
             deployment.metrics.queue_wait.observe(0.0)
             return replica
+        if tried and all(r.id in tried or r.draining for r in pool.replicas):
+            # Every replica left has already refused this request: waiting cannot help.
+            raise NotDelivered("no other replica to try")
         queued_at = time.perf_counter()
         acquire = asyncio.ensure_future(pool.acquire(exclude=tried))
         disconnect = asyncio.ensure_future(receive())

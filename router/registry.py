@@ -8,7 +8,7 @@ the data plane reads one attribute per request and never waits on a writer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
@@ -97,6 +97,9 @@ class Registry:
 
     def __init__(self, metrics: RouterMetrics) -> None:
         self.metrics = metrics
+        # Told (service, version, replica_id) when a request outlived the scoring timeout on
+        # a replica, so its backend can recycle it; the data plane cannot see why it hangs.
+        self.on_replica_timeout: Callable[[str, str, str], None] | None = None
         self._routes: Mapping[str, ServiceRoute] = MappingProxyType({})
         self._deployments: dict[tuple[str, str], Deployment] = {}
 

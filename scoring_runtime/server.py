@@ -79,6 +79,15 @@ class _ClientGone(Exception):
     pass
 
 
+class _IdTooLong(Exception):
+    """A request id over the limit: the 431 body and the headers that may still be echoed."""
+
+    def __init__(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__()
+        self.body = body
+        self.headers = headers
+
+
 class ScoringApp:
     """GET /, GET|POST|OPTIONS /score (any method with @rawhttp), GET /swagger.json, GET /metrics."""
 
@@ -120,29 +129,32 @@ class ScoringApp:
 
     async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        found = _pick_headers(scope["headers"])
-        common = self._common_from(found, scope["method"])
-        if common is None:
-            await self._reply(send, 431, [_JSON, _RUN_OK], _REQUEST_ID_TOO_LONG, [])
-            return
-        if isinstance(common, bytes):
-            ids = [(_REQUEST_ID, found[_REQUEST_ID])] if _REQUEST_ID in found else []
-            await self._reply(send, 431, [_JSON, _RUN_OK], common, ids)
-            return
+        outcome, extra = await self._score_outcome(scope, receive)
+        if outcome is None:
+            return  # the client left before its body arrived
+        await self._reply(send, outcome.status, outcome.headers, outcome.body, extra)
+        self._metrics.observe(outcome.status, time.perf_counter() - started, outcome.run_ms)
 
+    async def _score_outcome(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[Outcome | None, list[tuple[bytes, bytes]]]:
+        found = _pick_headers(scope["headers"])
         method = scope["method"]
+        try:
+            common = self._common_from(found, method)
+        except _IdTooLong as error:
+            return Outcome(431, [_JSON, _RUN_OK], error.body, None), error.headers
+
         if not self._raw and method != "POST" and method != "GET":
             if method == "OPTIONS":
-                await self._reply(send, 200, [_HTML, _RUN_OK], b"", common)
-            else:
-                status_headers = [_JSON, _RUN_OK, _ALLOW_SCORE]
-                await self._reply(send, 405, status_headers, _SCORE_METHOD_NOT_ALLOWED, common)
-            return
+                return Outcome(200, [_HTML, _RUN_OK], b"", None), common
+            headers = [_JSON, _RUN_OK, _ALLOW_SCORE]
+            return Outcome(405, headers, _SCORE_METHOD_NOT_ALLOWED, None), common
 
         try:
             body = await _read_body(receive)
         except _ClientGone:
-            return
+            return None, common
         request = ScoreRequest(
             method=method,
             path=scope["path"],
@@ -158,17 +170,14 @@ class ScoringApp:
             outcome = await self._slots.call(self._invoker, request)
         except ScoringTimeout:
             log_event("run_timeout", logging.ERROR, timeout_ms=self._timeout_ms)
-            outcome = Outcome(500, [_JSON, _RUN_FAILED], self._timeout_body, None)
+            return Outcome(500, [_JSON, _RUN_FAILED], self._timeout_body, None), common
         except Exception as error:
             # The invoker answers every script failure itself; this is a runtime bug.
             log_event("score_failed", logging.ERROR, exc_info=error)
-            outcome = Outcome(500, [_JSON, _RUN_OK], _INTERNAL_ERROR, None)
-
-        extra = common
+            return Outcome(500, [_JSON, _RUN_OK], _INTERNAL_ERROR, None), common
         if outcome.run_ms is not None:
-            extra = [*common, (b"x-ms-run-fn-exec-ms", b"%.3f" % outcome.run_ms)]
-        await self._reply(send, outcome.status, outcome.headers, outcome.body, extra)
-        self._metrics.observe(outcome.status, time.perf_counter() - started, outcome.run_ms)
+            return outcome, [*common, (b"x-ms-run-fn-exec-ms", b"%.3f" % outcome.run_ms)]
+        return outcome, common
 
     async def _health(self, scope: Scope, send: Send) -> None:
         method = scope["method"]
@@ -210,23 +219,22 @@ class ScoringApp:
     # -- headers every response carries --
 
     def _common(self, scope: Scope) -> list[tuple[bytes, bytes]]:
-        """Request-id and CORS headers; ids too long are dropped outside /score."""
-        found = _pick_headers(scope["headers"])
-        common = self._common_from(found, scope["method"])
-        return common if isinstance(common, list) else []
+        """Request-id and CORS headers; outside /score, ids that are too long are dropped."""
+        try:
+            return self._common_from(_pick_headers(scope["headers"]), scope["method"])
+        except _IdTooLong:
+            return []
 
-    def _common_from(
-        self, found: dict[bytes, bytes], method: str
-    ) -> list[tuple[bytes, bytes]] | bytes | None:
+    def _common_from(self, found: dict[bytes, bytes], method: str) -> list[tuple[bytes, bytes]]:
         """Response headers for the request ids (Azure's rules), plus CORS.
 
-        Returns None when x-request-id is too long and the 431 body when a client id is.
+        Raises _IdTooLong when an id exceeds the limit (Azure answers 431).
         """
         request_id = found.get(_REQUEST_ID)
         if request_id is None:
             request_id = str(uuid.uuid4()).encode("ascii")
         elif len(request_id) > HEADER_LIMIT:
-            return None
+            raise _IdTooLong(_REQUEST_ID_TOO_LONG, [])
         client_id = found.get(_CLIENT_REQUEST_ID, b"")
         legacy_id = found.get(_LEGACY_REQUEST_ID, b"")
         if legacy_id:
@@ -235,7 +243,7 @@ class ScoringApp:
         else:
             legacy_id = client_id or request_id
         if len(client_id) > HEADER_LIMIT or len(legacy_id) > HEADER_LIMIT:
-            return _CLIENT_ID_TOO_LONG
+            raise _IdTooLong(_CLIENT_ID_TOO_LONG, [(_REQUEST_ID, request_id)])
 
         headers = [(_REQUEST_ID, request_id), (_LEGACY_REQUEST_ID, legacy_id)]
         if client_id:

@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from scoring_runtime.log import log_event
+
 T = TypeVar("T")
 A = TypeVar("A")
 
@@ -116,7 +118,10 @@ class ScoringSlots:
         # Runs on the loop once the worker is done: only now is the slot free again.
         self._release()
         if job.waiter.done():
-            return  # timed out; the caller has already answered
+            # Timed out earlier; the caller has answered. Worth a line: the slot was
+            # busy all along, which explains waits seen meanwhile.
+            log_event("timed_out_call_finished", failed=error is not None)
+            return
         if error is not None:
             job.waiter.set_exception(error)
         else:

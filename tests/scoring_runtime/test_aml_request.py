@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from scoring_runtime.aml_request import AMLRequest, HeaderMap, QueryArgs
@@ -146,3 +149,18 @@ def test_aml_response_headers_can_be_edited_after_construction() -> None:
 def test_aml_response_refuses_a_dict_without_json_str() -> None:
     with pytest.raises(TypeError, match="json_str"):
         AMLResponse({"a": 1}, 200)
+
+
+def test_shim_serves_both_azure_import_paths_without_azure_installed() -> None:
+    # In a fresh interpreter: installing the shim in this test process would leak.
+    code = (
+        "from scoring_runtime import azureml_shim; azureml_shim.install()\n"
+        "from azureml.contrib.services.aml_request import AMLRequest, rawhttp\n"
+        "from azureml.contrib.services.aml_response import AMLResponse\n"
+        "from azureml_inference_server_http.api.aml_response import AMLResponse as Other\n"
+        "import sys\n"
+        "assert AMLResponse is Other\n"
+        "assert not any('azureml' in p for p in sys.path)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr

@@ -19,20 +19,28 @@ def two_slots(runtime_for) -> RuntimeProcess:
     return runtime_for("slow.py", args=["--max-concurrent", "2"])
 
 
+async def _wait_until_busy(client, slots: int) -> None:
+    for _ in range(500):
+        if f"mlfe_runtime_busy_slots {slots:.1f}" in (await client.get("/metrics")).text:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never saw {slots} busy slots")
+
+
 async def test_health_probe_answers_while_run_is_busy(two_slots) -> None:
     async with two_slots.async_client() as client:
-        scoring = asyncio.create_task(client.post("/score", content=b"1.0"))
-        await asyncio.sleep(0.2)
+        scoring = asyncio.create_task(client.post("/score", content=b"1.5"))
+        await _wait_until_busy(client, 1)
         health = await client.get("/")
-        assert not scoring.done()
         assert health.status_code == 200
+        assert not scoring.done()
         assert (await scoring).status_code == 200
 
 
 async def test_two_slots_run_two_calls_at_once(two_slots) -> None:
     async with two_slots.async_client() as client:
         first, second = await asyncio.gather(
-            client.post("/score", content=b"0.5"), client.post("/score", content=b"0.5")
+            client.post("/score", content=b"1.0"), client.post("/score", content=b"1.0")
         )
     assert first.json()["max_in_flight"] == 2 or second.json()["max_in_flight"] == 2
 
@@ -56,7 +64,9 @@ async def test_timeout_answers_500_and_keeps_the_slot_busy(one_slot_short_timeou
         assert result["started"] >= result["previous_end"]
         assert result["max_in_flight"] == 1
 
-    assert "event=run_timeout" in one_slot_short_timeout.log()
+    log = one_slot_short_timeout.log()
+    assert "event=run_timeout" in log
+    assert "event=timed_out_call_finished" in log
 
 
 async def test_requests_beyond_the_slots_wait_instead_of_failing(one_slot_short_timeout) -> None:

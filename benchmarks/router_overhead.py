@@ -1,0 +1,293 @@
+"""What the router costs: the same load straight to a replica, through mlfe and through
+nginx, in one run.
+
+    .venv/bin/python benchmarks/router_overhead.py [--duration 10] [--connections 32]
+
+One `python -m scoring_runtime` replica serves a no-op entry script on a Unix socket.
+The same closed-loop load (benchmarks/loadgen.py) goes (1) to the replica directly,
+(2) through mlfe's router (key auth, two versions split 90/10, metrics on) and
+(3) through nginx as a keep-alive reverse proxy, when nginx is installed. The router's
+CPU time per request comes from /proc. The systems alternate in rounds so drift on a
+shared machine hits all of them; the median round is reported. Results are printed and
+written to benchmarks/results/router_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a file, not only as `python -m benchmarks....`
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import (  # noqa: E402
+    CpuMeter,
+    RunningServer,
+    ServerSpec,
+    free_port,
+    machine_info,
+    running,
+)
+from benchmarks.loadgen import LoadConfig, LoadResult, run_load  # noqa: E402
+
+ENTRY_SCRIPT = ROOT / "benchmarks" / "scripts" / "noop_score.py"
+RESULTS = ROOT / "benchmarks" / "results" / "router_overhead.json"
+KEY = "benchmark-primary-key-0123456789abcdef0123"
+BODY = b'{"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]}'
+SLOTS = 8
+TARGETS = {"router_cpu_us": 100.0, "rps_ratio": 0.6, "added_p50_ms": 0.5, "added_p99_ms": 2.0}
+
+NGINX_CONF = """
+{user}
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream replica {{ server unix:{socket}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "Healthy"; }}
+        location /score {{
+            proxy_pass http://replica;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+async def serve_router(port: int, replica: str) -> None:
+    """The router process: mlfe's app with one service of two versions on `replica`."""
+    from router.app import create_app
+    from router.metrics import RouterMetrics
+    from router.registry import Registry, ServiceSpec, VersionSpec
+    from router.server import bind_tcp, uvicorn_server
+
+    registry = Registry(RouterMetrics())
+    versions = tuple(
+        VersionSpec(name, traffic_percentile=share, slots_per_replica=SLOTS, max_queue_wait=5.0)
+        for name, share in (("blue", 90.0), ("green", 10.0))
+    )
+    registry.set_service(
+        ServiceSpec("bench", versions, "blue", "key", primary_key=KEY, secondary_key=KEY[::-1])
+    )
+    for version in ("blue", "green"):
+        registry.add_replica("bench", version, "r1", replica)
+    server = uvicorn_server(create_app(registry))
+    await server.serve(sockets=[bind_tcp("127.0.0.1", port)])
+
+
+def replica_spec(socket_path: Path) -> ServerSpec:
+    argv = (sys.executable, "-m", "scoring_runtime", "--entry-script", str(ENTRY_SCRIPT))
+    argv += ("--uds", str(socket_path), "--max-concurrent", str(SLOTS))
+    return ServerSpec("replica", argv, f"unix:{socket_path}")
+
+
+def router_spec(port: int, socket_path: Path) -> ServerSpec:
+    argv = (sys.executable, __file__, "--serve-router", str(port), f"unix:{socket_path}")
+    return ServerSpec("mlfe", argv, f"http://127.0.0.1:{port}/healthz")
+
+
+def nginx_spec(port: int, socket_path: Path, workdir: Path) -> ServerSpec | None:
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if nginx is None:
+        return None
+    conf = workdir / "nginx.conf"
+    # nginx drops root for its worker (to nobody), which could not open the replica's socket.
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf.write_text(NGINX_CONF.format(user=user, dir=workdir, socket=socket_path, port=port))
+    return ServerSpec(
+        "nginx",
+        (nginx, "-c", str(conf), "-e", str(workdir / "nginx-error.log")),
+        f"http://127.0.0.1:{port}/",
+    )
+
+
+async def measure(
+    url: str, connections: int, duration: float, warmup: float, pids: Sequence[int]
+) -> tuple[LoadResult, list[float]]:
+    def config(seconds: float) -> LoadConfig:
+        return LoadConfig(
+            url=url,
+            method="POST",
+            body=BODY,
+            headers=(("Content-Type", "application/json"), ("Authorization", f"Bearer {KEY}")),
+            connections=connections,
+            duration=seconds,
+        )
+
+    await run_load(config(warmup))
+    meter = CpuMeter(pids)
+    result = await run_load(config(duration))
+    cpu = meter.seconds()
+    failed = {code: n for code, n in result.status_counts.items() if int(code) != 200}
+    if failed or result.errors:
+        raise RuntimeError(f"{url} did not answer 200: statuses {failed}, errors {result.errors}")
+    return result, cpu
+
+
+def summarize(name: str, runs: list[tuple[LoadResult, list[float]]]) -> dict[str, Any]:
+    """The median round of one system (by requests/s), with CPU per request."""
+    ordered = sorted(runs, key=lambda run: run[0].rps)
+    load, cpu = ordered[len(ordered) // 2]
+    completed = max(load.completed, 1)
+    summary = {
+        "system": name,
+        "rps": round(load.rps, 1),
+        "p50_ms": load.latency.p50_ms,
+        "p99_ms": load.latency.p99_ms,
+        "completed": load.completed,
+        "status_counts": load.status_counts,
+        "errors": load.errors,
+        "replica_cpu_us_per_request": round(cpu[0] * 1e6 / completed, 1),
+        "rps_all_rounds": [round(r.rps, 1) for r, _ in runs],
+    }
+    if len(cpu) > 1:
+        summary["proxy_cpu_us_per_request"] = round(cpu[1] * 1e6 / completed, 1)
+        summary["proxy_cpu_us_all_rounds"] = [
+            round(c[1] * 1e6 / max(r.completed, 1), 1) for r, c in runs
+        ]
+    return summary
+
+
+async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="mlfe-bench-"))
+    socket_path = workdir / "replica.sock"
+    router_port, nginx_port = free_port(), free_port()
+    runs: dict[str, list[tuple[LoadResult, list[float]]]] = {}
+    try:
+        with running(replica_spec(socket_path), workdir) as replica:
+            servers: dict[str, tuple[str, RunningServer | None]] = {
+                "direct": (f"unix:{socket_path}:/score", None)
+            }
+            with running(router_spec(router_port, socket_path), workdir) as router:
+                servers["mlfe"] = (
+                    f"http://127.0.0.1:{router_port}/api/v1/service/bench/score",
+                    router,
+                )
+                spec = nginx_spec(nginx_port, socket_path, workdir)
+                nginx_note = "nginx not installed: skipped" if spec is None else "measured"
+                if spec is None:
+                    print(nginx_note, flush=True)
+                    await rounds(servers, replica, runs, args)
+                else:
+                    with running(spec, workdir) as nginx:
+                        servers["nginx"] = (f"http://127.0.0.1:{nginx_port}/score", nginx)
+                        await rounds(servers, replica, runs, args)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    systems = {name: summarize(name, result) for name, result in runs.items()}
+    direct = systems["direct"]
+    for name, summary in systems.items():
+        if name == "direct":
+            continue
+        summary["rps_ratio_to_direct"] = round(summary["rps"] / direct["rps"], 3)
+        summary["added_p50_ms"] = round(summary["p50_ms"] - direct["p50_ms"], 3)
+        summary["added_p99_ms"] = round(summary["p99_ms"] - direct["p99_ms"], 3)
+    mlfe = systems["mlfe"]
+    report: dict[str, Any] = {
+        "benchmark": "router_overhead",
+        "command": "python benchmarks/router_overhead.py " + " ".join(args.argv),
+        "machine": machine_info(),
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "nginx": nginx_note,
+        "systems": systems,
+        "targets": TARGETS,
+        "meets_targets": {
+            "router_cpu_us": mlfe["proxy_cpu_us_per_request"] <= TARGETS["router_cpu_us"],
+            "rps_ratio": mlfe["rps_ratio_to_direct"] >= TARGETS["rps_ratio"],
+            "added_p50_ms": mlfe["added_p50_ms"] <= TARGETS["added_p50_ms"],
+            "added_p99_ms": mlfe["added_p99_ms"] <= TARGETS["added_p99_ms"],
+        },
+    }
+    if "nginx" in systems:
+        report["mlfe_cpu_to_nginx_cpu"] = round(
+            mlfe["proxy_cpu_us_per_request"] / systems["nginx"]["proxy_cpu_us_per_request"], 2
+        )
+    return report
+
+
+async def rounds(
+    servers: dict[str, tuple[str, RunningServer | None]],
+    replica: RunningServer,
+    runs: dict[str, list[tuple[LoadResult, list[float]]]],
+    args: argparse.Namespace,
+) -> None:
+    for round_no in range(args.rounds):
+        for name, (url, proxy) in servers.items():
+            pids = [replica.pid] + ([proxy.pid] if proxy is not None else [])
+            result = await measure(url, args.connections, args.duration, args.warmup, pids)
+            runs.setdefault(name, []).append(result)
+            print(
+                f"round {round_no + 1} {name:<7} {result[0].rps:9.0f} req/s "
+                f"p50 {result[0].latency.p50_ms:.2f} ms",
+                flush=True,
+            )
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(
+        f"\n{'system':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU µs/req':>17} "
+        f"{'rps/direct':>11}"
+    )
+    for name, s in report["systems"].items():
+        cpu = s.get("proxy_cpu_us_per_request", "")
+        ratio = s.get("rps_ratio_to_direct", "")
+        print(
+            f"{name:<8} {s['rps']:>9} {s['p50_ms']:>8} {s['p99_ms']:>8} {cpu!s:>17} {ratio!s:>11}"
+        )
+    print(f"targets met: {report['meets_targets']}")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    args.argv = list(argv)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--serve-router"]:
+        uvloop.run(serve_router(int(argv[1]), argv[2]))
+        return 0
+    args = parse_args(argv)
+    report = uvloop.run(benchmark(args))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
