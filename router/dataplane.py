@@ -9,6 +9,7 @@ outside the scoring prefix goes to the fallback app.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 import uuid
@@ -60,6 +61,21 @@ class RequestTooLarge(Exception):
     """The request body exceeds the configured limit."""
 
 
+class RequestIds:
+    """UUID-shaped request ids: a random per-process prefix and a counter.
+
+    Unique across router processes (the prefix has 96 random bits) and ~10x cheaper than
+    uuid4() on a path that pays for every microsecond.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = str(uuid.uuid4())[:24]
+        self._count = itertools.count()
+
+    def next(self) -> bytes:
+        return f"{self._prefix}{next(self._count) & 0xFFFFFFFFFFFF:012x}".encode()
+
+
 class DataPlane:
     """ASGI app for the scoring routes; delegates every other path to `fallback`."""
 
@@ -75,6 +91,7 @@ class DataPlane:
         self.fallback = fallback
         self.max_body = max_body
         self._random = random_source
+        self._request_ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -109,7 +126,7 @@ class DataPlane:
                 content_length = header[1]
             forwarded.append(header)
         if request_id is None:
-            request_id = str(uuid.uuid4()).encode()
+            request_id = self._request_ids.next()
             forwarded.append((b"x-request-id", request_id))
         echo = [(b"x-request-id", request_id)]
         if client_request_id is not None:
@@ -252,19 +269,20 @@ class DataPlane:
             # Every replica left has already refused this request: waiting cannot help.
             raise NotDelivered("no other replica to try")
         queued_at = time.perf_counter()
-        acquire = asyncio.ensure_future(pool.acquire(exclude=tried))
-        disconnect = asyncio.ensure_future(receive())
+        slot = pool.enqueue(tried)
+        # The body is read, so receive() now returns only when the client disconnects.
+        watch = asyncio.ensure_future(receive())
+        watch.add_done_callback(lambda _: slot.cancel())
         try:
-            await asyncio.wait((acquire, disconnect), return_when=asyncio.FIRST_COMPLETED)
+            replica = await slot
+        except asyncio.CancelledError:
+            pool.withdraw(slot)
+            if watch.done() and not watch.cancelled():
+                raise ClientGone from None
+            raise
         finally:
-            if not acquire.done():
-                acquire.cancel()
-        if disconnect.done() and disconnect.result()["type"] == "http.disconnect":
-            if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
-                pool.release(acquire.result())
-            raise ClientGone
-        disconnect.cancel()
-        replica = acquire.result()
+            if not watch.done():
+                watch.cancel()
         deployment.metrics.queue_wait.observe(time.perf_counter() - queued_at)
         return replica
 

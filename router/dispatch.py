@@ -8,7 +8,9 @@ is served in order and a slot is never free while someone eligible waits for it.
 
 Accounting rule: a slot is counted on its replica from the moment it is granted until
 `release()`, whoever holds it, including a waiter whose task has not resumed yet.
-Everything runs on the event loop thread; no method awaits except `acquire()`.
+Everything runs on the event loop thread; no method awaits except `acquire()`. Callers
+that must wait on something else at the same time (the data plane watches for its client
+going away) use the future from `enqueue()` and hand it back with `withdraw()`.
 """
 
 from __future__ import annotations
@@ -48,13 +50,15 @@ class Replica(Generic[T]):
 
 
 class _Waiter:
-    """A queued request: the future its slot arrives on, and replicas it must not get."""
+    """A queued request: the future its slot arrives on, replicas it must not get, and
+    the timer that ends its wait."""
 
-    __slots__ = ("exclude", "future")
+    __slots__ = ("exclude", "future", "timer")
 
     def __init__(self, future: asyncio.Future[Replica[Any]], exclude: Collection[str]) -> None:
         self.future = future
         self.exclude = exclude
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class ReplicaPool(Generic[T]):
@@ -86,8 +90,9 @@ class ReplicaPool(Generic[T]):
         # Free slots over `_ready`, so a saturated pool is known without a scan.
         self._free = 0
         self._in_flight = 0
-        # Oldest first; an OrderedDict removes a cancelled waiter from the middle in O(1).
-        self._waiters: OrderedDict[_Waiter, None] = OrderedDict()
+        # Oldest first, by future; an OrderedDict removes a withdrawn waiter from the
+        # middle in O(1).
+        self._waiters: OrderedDict[asyncio.Future[Replica[T]], _Waiter] = OrderedDict()
         self._drained: dict[Replica[T], asyncio.Future[None]] = {}
         # Demand integral since the last read_demand(): ∫ (in_flight + waiting) dt.
         self._window_start = self._changed_at = clock()
@@ -213,29 +218,40 @@ class ReplicaPool(Generic[T]):
         replica = self.try_acquire(exclude)
         if replica is not None:
             return replica
+        future = self.enqueue(exclude)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.withdraw(future)
+            raise
+
+    def enqueue(self, exclude: Collection[str] = ()) -> asyncio.Future[Replica[T]]:
+        """Join the queue: the future gets the first slot freed for this request, or
+        QueueTimeout after `max_queue_wait`. Raises QueueFull at once when the queue is at
+        its limit. A caller that stops waiting must `withdraw()` the future."""
         if len(self._waiters) >= self.max_queue_length:
             raise QueueFull
         if self.max_queue_wait <= 0:
             raise QueueTimeout
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop.create_future(), exclude)
+        future: asyncio.Future[Replica[T]] = loop.create_future()
+        waiter = _Waiter(future, exclude)
+        waiter.timer = loop.call_later(self.max_queue_wait, self._expire, future)
         self._integrate()
-        self._waiters[waiter] = None
-        timer = loop.call_later(self.max_queue_wait, self._expire, waiter)
-        try:
-            return await waiter.future
-        except asyncio.CancelledError:
-            future = waiter.future
-            if waiter in self._waiters:
-                self._integrate()
-                del self._waiters[waiter]
-            elif not future.cancelled() and future.exception() is None:
-                # A slot was granted in the same instant the task was cancelled: the
-                # request will never be sent, so the slot goes to the next waiter.
-                self.release(future.result())
-            raise
-        finally:
-            timer.cancel()
+        self._waiters[future] = waiter
+        return future
+
+    def withdraw(self, future: asyncio.Future[Replica[T]]) -> None:
+        """Leave the queue without being served; a slot granted in the same instant goes
+        to the next waiter, because this request will never be sent."""
+        if future in self._waiters:
+            self._integrate()
+            waiter = self._waiters.pop(future)
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+            future.cancel()
+        elif future.done() and not future.cancelled() and future.exception() is None:
+            self.release(future.result())
 
     def release(self, replica: Replica[T]) -> None:
         """Free a slot taken by try_acquire()/acquire(); the oldest eligible waiter gets it."""
@@ -288,21 +304,23 @@ class ReplicaPool(Generic[T]):
 
     def _hand_over(self, replica: Replica[T]) -> bool:
         """Grant a free slot of a ready `replica` to the oldest waiter that may have it."""
-        for waiter in self._waiters:
+        for future, waiter in self._waiters.items():
             # A cancelled waiter is still listed until its task runs; it gets nothing.
-            if waiter.future.done() or (waiter.exclude and replica.id in waiter.exclude):
+            if future.done() or (waiter.exclude and replica.id in waiter.exclude):
                 continue
             break
         else:
             return False
         self._take(replica)
-        del self._waiters[waiter]
-        waiter.future.set_result(replica)
+        del self._waiters[future]
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        future.set_result(replica)
         return True
 
-    def _expire(self, waiter: _Waiter) -> None:
-        if waiter in self._waiters:
+    def _expire(self, future: asyncio.Future[Replica[T]]) -> None:
+        if future in self._waiters:
             self._integrate()
-            del self._waiters[waiter]
-            if not waiter.future.done():
-                waiter.future.set_exception(QueueTimeout())
+            del self._waiters[future]
+            if not future.done():
+                future.set_exception(QueueTimeout())

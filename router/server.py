@@ -19,6 +19,8 @@ def uvicorn_server(app: Any, *, log_level: str = "warning") -> uvicorn.Server:
         http="httptools",
         lifespan="off",
         access_log=False,
+        # Nothing in mlfe reads the client address, so skip X-Forwarded-For parsing.
+        proxy_headers=False,
         log_level=log_level,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         server_header=False,

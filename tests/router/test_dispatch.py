@@ -263,6 +263,39 @@ def test_cancelled_waiter_leaves_the_queue_and_gets_nothing(loop: ManualTimeLoop
     run(loop, scenario)
 
 
+def test_withdrawn_future_leaves_the_queue_and_gets_nothing(loop: ManualTimeLoop) -> None:
+    async def scenario() -> None:
+        pool = make_pool(loop, wait=5)
+        pool.add("r1", "a")
+        busy = pool.try_acquire()
+        assert busy is not None
+        future = pool.enqueue()
+        assert pool.waiting == 1
+        pool.withdraw(future)
+        assert future.cancelled() and pool.waiting == 0
+        pool.release(busy)
+        assert pool.try_acquire() is busy
+
+    run(loop, scenario)
+
+
+def test_slot_granted_before_withdraw_goes_to_the_next_waiter(loop: ManualTimeLoop) -> None:
+    async def scenario() -> None:
+        pool = make_pool(loop, wait=5)
+        pool.add("r1", "a")
+        busy = pool.try_acquire()
+        assert busy is not None
+        first = pool.enqueue()
+        second = pool.enqueue()
+        pool.release(busy)
+        assert first.done() and not second.done()
+        pool.withdraw(first)  # e.g. its client went away in the same instant
+        assert second.done() and second.result() is busy
+        assert pool.in_flight == 1 and pool.waiting == 0
+
+    run(loop, scenario)
+
+
 def test_slot_granted_to_a_waiter_cancelled_in_the_same_instant_is_passed_on(
     loop: ManualTimeLoop,
 ) -> None:

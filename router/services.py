@@ -1,0 +1,1202 @@
+"""The control plane's core: stored service records in, running replicas and routes out.
+
+`ServiceManager` is the one place that turns a management request into a store change and
+a stored record into what runs: the registry's routes (auth, traffic) and the backend's
+replicas (through the control loop). Every change is written to the store first, in one
+transaction, then published to the registry, then handed to the backend, so a crash at
+any point leaves the store saying what should run and a restart makes it so.
+
+A change that starts or replaces replicas is an *operation*: it runs in the background
+until the backend says the versions it touched settled (Healthy, Unhealthy, Failed or
+Unschedulable), and until then any other change to that service gets 409. Key rotation
+and tokens are not operations; they only touch the store and the routes.
+
+A version created next to serving ones gets no share of the traffic until one of its
+replicas has been in rotation, so adding a version never sends requests to a queue that
+has nobody to serve it; the data plane routes its share to the default meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from autoscaler.backends.base import (
+    DeploymentKey,
+    DeploymentState,
+    DeploymentStatus,
+    ModelFile,
+    ReplicaBackend,
+    ReplicaTemplate,
+)
+from autoscaler.backends.local import LocalBackend, log_tail
+from autoscaler.loop import Autoscale, ControlLoop, FixedReplicas, Scaling
+from autoscaler.policy import ScalingConfig
+from router.auth import generate_key, issue_token
+from router.config import (
+    AuthMode,
+    ConfigError,
+    DeploymentConfig,
+    InferenceConfig,
+    ModelRef,
+    deployment_config_to_json,
+    inference_config_to_json,
+    merge_deployment_config,
+    parse_deployment_config,
+    validate_service_name,
+    validate_version_name,
+)
+from router.registry import Registry, ServiceSpec, VersionSpec
+from router.store import Conflict, NotFound, ServiceRecord, Store, StoreError, VersionRecord
+
+logger = logging.getLogger("mlfe.services")
+
+MAX_VERSIONS = 6
+DEFAULT_TOKEN_LIFETIME = 3600.0
+MAX_LOG_TAIL = 10_000
+# Percentiles are user floats: 33.3 + 33.3 + 33.4 must not count as over 100.
+_TRAFFIC_TOLERANCE = 1e-7
+_REPLICA_NUMBER = re.compile(r"\d+")
+
+ServiceState = Literal["Transitioning", "Healthy", "Unhealthy", "Unschedulable", "Failed"]
+KeyType = Literal["Primary", "Secondary"]
+Rollout = Literal["none", "scale", "roll"]
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+class ServiceError(Exception):
+    """A request the manager refuses; `status` is the HTTP status that says why."""
+
+    status = 400
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class InvalidRequest(ServiceError):
+    """The request breaks a rule (validation, version rules): 400."""
+
+
+class UnknownService(ServiceError):
+    """No such service or version: 404."""
+
+    status = 404
+
+
+class Busy(ServiceError):
+    """The name is taken, or another operation on the service is in progress: 409."""
+
+    status = 409
+
+
+# -- requests -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionSource:
+    """What a version runs: its inference configuration and models (a list or a folder)."""
+
+    inference: InferenceConfig
+    models: tuple[ModelRef, ...] = ()
+    model_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    """The auth settings a deploymentconfig.json spelled out (None: not given)."""
+
+    mode: AuthMode | None = None
+    primary_key: str | None = field(default=None, repr=False)
+    secondary_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class NewService:
+    """POST /services: a service with one version."""
+
+    name: str
+    deployment: DeploymentConfig
+    source: VersionSource
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """POST /services/{name}/versions. `auth` is what the request's deploymentConfig
+    said about auth, which must match the service's (auth belongs to the service)."""
+
+    name: str
+    deployment: DeploymentConfig
+    source: VersionSource
+    auth: AuthRequest = AuthRequest()
+    traffic_percentile: float | None = None  # None: the file's trafficPercentile, else 0
+    is_default: bool = False
+    is_control: bool = False
+
+
+@dataclass(frozen=True)
+class VersionChanges:
+    """PATCH of a version (or of a service, applied to its default version).
+
+    `deployment_changes` is a partial deploymentconfig.json merged into the current one;
+    `inference` replaces the inference configuration; `models` or `model_dir` replaces
+    the models.
+    """
+
+    traffic_percentile: float | None = None
+    is_default: bool | None = None
+    is_control: bool | None = None
+    deployment_changes: Mapping[str, Any] | None = None
+    inference: InferenceConfig | None = None
+    models: tuple[ModelRef, ...] | None = None
+    model_dir: str | None = None
+
+    @property
+    def touches_replicas(self) -> bool:
+        return any(
+            value is not None
+            for value in (self.deployment_changes, self.inference, self.models, self.model_dir)
+        )
+
+
+@runtime_checkable
+class SupportsRecycle(Protocol):
+    """A backend that can replace one stuck replica (LocalBackend can)."""
+
+    def recycle(self, key: DeploymentKey, replica_id: str) -> bool: ...
+
+
+# -- live state ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Operation:
+    kind: str
+    versions: tuple[str, ...]
+    started_at: float
+    # Versions not handed to the backend yet: the backend still shows what ran before.
+    deploying: set[str] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+    outcome: ServiceState | None = None
+    error: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+
+@dataclass(eq=False)
+class _Live:
+    """A service as this router runs it: its record plus what is not in the store."""
+
+    record: ServiceRecord
+    # Versions that have had a replica in rotation (or were restored): they get their
+    # configured traffic. The others get 0 % until then.
+    serving: set[str] = field(default_factory=set)
+    # Versions deleted from the record whose replicas are still draining.
+    retiring: dict[str, VersionRecord] = field(default_factory=dict)
+    # Why the backend refused to deploy a version, by version.
+    errors: dict[str, str] = field(default_factory=dict)
+    operation: _Operation | None = None
+    deleting: bool = False
+    routing_default: str | None = None
+
+
+class ServiceManager:
+    """Services: stored, published to the registry, deployed through the control loop."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        control_loop: ControlLoop,
+        backend: ReplicaBackend,
+        *,
+        public_url: str,
+        clock: Callable[[], float] = time.time,
+        token_lifetime: float = DEFAULT_TOKEN_LIFETIME,
+        settle_interval: float = 0.1,
+        persist_interval: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._loop = control_loop
+        self._backend = backend
+        self.public_url = public_url.rstrip("/")
+        self._clock = clock
+        self._token_lifetime = token_lifetime
+        self._settle_interval = settle_interval
+        self._persist_interval = persist_interval
+        self._services: dict[str, _Live] = {}
+        # Replica counts as last written to the store, so unchanged ones cost nothing.
+        self._saved_counts: dict[tuple[str, str], int] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._persist_task: asyncio.Task[None] | None = None
+        if isinstance(backend, SupportsRecycle):
+            registry.on_replica_timeout = self._recycle
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Publish every stored service and start its replicas, at the stored counts.
+
+        Also starts writing replica counts back to the store as the autoscaler changes
+        them. Call once, on start.
+        """
+        self._saved_counts = dict(self._store.all_desired_replicas())
+        for record in self._store.list_services():
+            live = _Live(record, serving={v.name for v in record.versions})
+            self._services[record.name] = live
+            self._publish(live)
+            counts = {
+                v.name: self._saved_counts.get((record.name, v.name)) for v in record.versions
+            }
+            self._start_operation(
+                live,
+                "restore",
+                tuple(v.name for v in record.versions),
+                functools.partial(self._deploy_all, live, record.versions, counts),
+            )
+            logger.info(
+                "event=service-restored service=%s versions=%d", record.name, len(record.versions)
+            )
+        if self._persist_task is None:
+            self._persist_task = asyncio.create_task(self._persist_counts(), name="persist counts")
+
+    async def _deploy_all(
+        self, live: _Live, versions: Iterable[VersionRecord], counts: Mapping[str, int | None]
+    ) -> None:
+        for version in versions:
+            await self._deploy(live, version, restore_count=counts.get(version.name))
+
+    async def close(self) -> None:
+        """Stop background work (operations, count persistence); the replicas stay, the
+        backend's owner closes it. Counts are saved one last time."""
+        tasks = [t for t in (self._persist_task, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self._persist_task = None
+        self._save_counts()
+
+    # -- reading ----------------------------------------------------------------------
+
+    def list_views(self) -> list[dict[str, Any]]:
+        return [self._view(live) for _, live in sorted(self._services.items()) if not live.deleting]
+
+    def view(self, name: str) -> dict[str, Any]:
+        return self._view(self._live(name))
+
+    def keys(self, name: str) -> dict[str, str]:
+        record = self._live(name).record
+        return {"primaryKey": record.primary_key, "secondaryKey": record.secondary_key}
+
+    def state(self, name: str) -> ServiceState:
+        """The derived state of a service (see `_view`)."""
+        return self._view(self._live(name))["state"]  # type: ignore[no-any-return]
+
+    def token(self, name: str) -> dict[str, str]:
+        """A fresh access token for a service in token auth mode."""
+        live = self._live(name)
+        if live.record.auth_mode != "token":
+            raise InvalidRequest(
+                f"service {name!r} uses {live.record.auth_mode} auth, not token auth: tokens are"
+                " issued only for services deployed with tokenAuthEnabled true"
+            )
+        issued = issue_token(
+            self._store.signing_secret(), name, lifetime=self._token_lifetime, now=self._clock()
+        )
+        logger.info("event=token-issued service=%s expires=%s", name, _iso(issued.expires_at))
+        return {
+            "accessToken": issued.token,
+            "tokenType": "Bearer",
+            "refreshAfter": _iso(issued.refresh_after),
+            "expiryOn": _iso(issued.expires_at),
+        }
+
+    def logs(self, name: str, version: str | None = None, tail: int = 100) -> dict[str, Any]:
+        """The last `tail` lines of each replica's log of one version (default: the default)."""
+        live = self._live(name)
+        if not 1 <= tail <= MAX_LOG_TAIL:
+            raise InvalidRequest(f"tail must be between 1 and {MAX_LOG_TAIL}, got {tail}")
+        if version is None:
+            default = live.record.default_version
+            version = default.name if default else live.record.versions[0].name
+        elif live.record.version(version) is None:
+            raise UnknownService(f"service {name!r} has no version {version!r}")
+        key = DeploymentKey(name, version)
+        replicas = _replica_logs(self._backend, key, tail)
+        return {"version": version, "replicas": replicas}
+
+    # -- services ---------------------------------------------------------------------
+
+    async def create_service(self, request: NewService) -> dict[str, Any]:
+        name = validate_service_name(request.name)
+        self._check_free(name)
+        deployment = request.deployment
+        version_name = deployment.version_name or name
+        validate_version_name(version_name, "deploymentConfig.versionName")
+        auth_mode = deployment.auth_mode
+        version = _version_record(
+            version_name,
+            deployment,
+            request.source,
+            auth_mode,
+            traffic=deployment.traffic_percentile or 0.0,
+            is_default=True,
+        )
+        record = ServiceRecord(
+            name=name,
+            auth_mode=auth_mode,
+            primary_key=deployment.primary_key or generate_key(),
+            secondary_key=deployment.secondary_key or generate_key(),
+            versions=(version,),
+        )
+        _check_versions(record.versions)
+        record = self._write(lambda: self._store.create_service(record))
+        live = _Live(record, serving={version.name})
+        self._services[name] = live
+        self._publish(live)
+        self._start_operation(live, "create", (version.name,), lambda: self._deploy(live, version))
+        logger.info(
+            "event=service-created service=%s version=%s auth=%s", name, version.name, auth_mode
+        )
+        return self._view(live)
+
+    async def update_service(self, name: str, changes: VersionChanges) -> dict[str, Any]:
+        """Azure's service.update: changes to the default version; auth and keys in the
+        deploymentConfig change the service's."""
+        live = self._live(name)
+        self._check_idle(live)
+        record = live.record
+        default = record.default_version
+        assert default is not None  # the version rules keep exactly one
+        auth_mode, primary, secondary = record.auth_mode, record.primary_key, record.secondary_key
+        new_version = default
+        if changes.deployment_changes is not None:
+            merged = _merge(default.deployment, changes.deployment_changes)
+            auth_mode = merged.auth_mode
+            primary = merged.primary_key or primary
+            secondary = merged.secondary_key or secondary
+            new_version = replace(new_version, deployment=merged)
+        new_version = _apply_source(new_version, changes)
+        new_version = replace(
+            new_version,
+            deployment=_normalized(new_version.deployment, auth_mode),
+            description=new_version.deployment.description,
+        )
+        versions = tuple(
+            new_version
+            if v.name == default.name
+            else replace(v, deployment=_normalized(v.deployment, auth_mode))
+            for v in record.versions
+        )
+        updated = replace(
+            record,
+            auth_mode=auth_mode,
+            primary_key=primary,
+            secondary_key=secondary,
+            versions=versions,
+        )
+        view, _ = self._change(live, updated, "update", changed=default)
+        return view
+
+    async def regenerate_key(
+        self, name: str, key_type: KeyType, value: str | None = None
+    ) -> dict[str, str]:
+        """A new primary or secondary key, in force in the data plane once this returns."""
+        live = self._live(name)
+        if value is not None:
+            try:
+                parse_deployment_config({"keys": {"primaryKey": value}})
+            except ConfigError:
+                raise InvalidRequest(
+                    "keyValue must be 1 to 256 visible ASCII characters without spaces"
+                ) from None
+        new_key = value if value is not None else generate_key()
+        if key_type == "Primary":
+            updated = replace(live.record, primary_key=new_key)
+        elif key_type == "Secondary":
+            updated = replace(live.record, secondary_key=new_key)
+        else:
+            raise InvalidRequest(f"keyType must be Primary or Secondary, got {key_type!r}")
+        live.record = self._write(lambda: self._store.update_service(updated))
+        self._publish(live)
+        logger.info("event=key-regenerated service=%s key=%s", name, key_type)
+        return self.keys(name)
+
+    async def delete_service(self, name: str) -> None:
+        """Forget a service; its replicas drain and stop in the background.
+
+        Allowed while an operation is in progress (it is cancelled): deleting is how a
+        user gets out of a deployment that will not settle.
+        """
+        live = self._live(name)
+        self._write(lambda: self._store.delete_service(name))
+        live.deleting = True
+        operation = live.operation
+        if operation is not None and operation.task is not None:
+            operation.task.cancel()
+        for version in live.record.versions:
+            self._saved_counts.pop((name, version.name), None)
+        self._spawn(self._tear_down(live), f"delete {name}")
+        logger.info("event=service-deleted service=%s", name)
+
+    async def _tear_down(self, live: _Live) -> None:
+        name = live.record.name
+        operation = live.operation
+        if operation is not None and operation.task is not None:
+            await asyncio.wait({operation.task})
+        versions = [v.name for v in live.record.versions] + list(live.retiring)
+        try:
+            # Replicas drain while the routes still know them, so requests in flight finish.
+            await asyncio.gather(*(self._delete_deployment(name, v) for v in versions))
+        finally:
+            self._registry.remove_service(name)
+            if self._services.get(name) is live:
+                del self._services[name]
+            logger.info("event=service-removed service=%s", name)
+
+    # -- versions ---------------------------------------------------------------------
+
+    async def create_version(self, name: str, request: NewVersion) -> dict[str, Any]:
+        live = self._live(name)
+        self._check_idle(live)
+        version_name = validate_version_name(request.name)
+        record = live.record
+        if record.version(version_name) is not None or version_name in live.retiring:
+            raise Busy(f"service {name!r} has a version {version_name!r} already")
+        if len(record.versions) >= MAX_VERSIONS:
+            raise InvalidRequest(
+                f"service {name!r} has {len(record.versions)} versions, the most allowed:"
+                " delete one first"
+            )
+        _check_auth(record, request.auth)
+        traffic = request.traffic_percentile
+        if traffic is None:
+            traffic = request.deployment.traffic_percentile or 0.0
+        version = _version_record(
+            version_name,
+            request.deployment,
+            request.source,
+            record.auth_mode,
+            traffic=traffic,
+            is_default=request.is_default,
+            is_control=request.is_control,
+        )
+        if request.is_control:
+            _check_no_other_control(record.versions, version_name)
+        others = record.versions
+        if request.is_default:
+            others = tuple(replace(v, is_default=False) for v in others)
+        updated = replace(record, versions=(*others, version))
+        view, _ = self._change(live, updated, "create-version", created=version)
+        return view
+
+    async def update_version(
+        self, name: str, version_name: str, changes: VersionChanges
+    ) -> tuple[dict[str, Any], bool]:
+        """Apply a PATCH; returns the view and whether replicas change (an operation)."""
+        live = self._live(name)
+        self._check_idle(live)
+        record = live.record
+        current = record.version(version_name)
+        if current is None:
+            raise UnknownService(f"service {name!r} has no version {version_name!r}")
+        new = current
+        if changes.traffic_percentile is not None:
+            new = replace(new, traffic_percentile=_percentile(changes.traffic_percentile))
+        if changes.is_control is True:
+            _check_no_other_control(record.versions, version_name)
+        if changes.is_control is not None:
+            new = replace(new, is_control=changes.is_control)
+        if changes.is_default is False and current.is_default:
+            raise InvalidRequest(
+                f"version {version_name!r} is the default: make another version the default"
+                " instead (isDefault true on it)"
+            )
+        if changes.is_default:
+            new = replace(new, is_default=True)
+        if changes.deployment_changes is not None:
+            merged = _merge(current.deployment, changes.deployment_changes)
+            _check_auth(
+                record,
+                AuthRequest(merged.auth_mode, merged.primary_key, merged.secondary_key),
+            )
+            new = replace(
+                new,
+                deployment=_normalized(merged, record.auth_mode),
+                description=merged.description,
+            )
+        new = _apply_source(new, changes)
+        versions = tuple(
+            new
+            if v.name == version_name
+            else (replace(v, is_default=False) if changes.is_default else v)
+            for v in record.versions
+        )
+        updated = replace(record, versions=versions)
+        return self._change(live, updated, "update-version", changed=current)
+
+    async def delete_version(self, name: str, version_name: str) -> dict[str, Any]:
+        live = self._live(name)
+        self._check_idle(live)
+        record = live.record
+        version = record.version(version_name)
+        if version is None:
+            raise UnknownService(f"service {name!r} has no version {version_name!r}")
+        if len(record.versions) == 1:
+            raise InvalidRequest(
+                f"version {version_name!r} is the last version of {name!r}: delete the service"
+                " instead"
+            )
+        if version.is_default:
+            raise InvalidRequest(
+                f"version {version_name!r} is the default: set another default first"
+            )
+        updated = replace(record, versions=tuple(v for v in record.versions if v is not version))
+        live.record = self._write(lambda: self._store.update_service(updated))
+        live.retiring[version_name] = version
+        self._saved_counts.pop((name, version_name), None)
+        self._publish(live)  # at 0 %: it drains, still known to the routes
+        self._start_operation(live, "delete-version", (), lambda: self._retire(live, version_name))
+        logger.info("event=version-deleted service=%s version=%s", name, version_name)
+        return self._view(live)
+
+    async def _retire(self, live: _Live, version: str) -> None:
+        try:
+            await self._delete_deployment(live.record.name, version)
+        finally:
+            live.retiring.pop(version, None)
+            live.errors.pop(version, None)
+            live.serving.discard(version)
+            if not live.deleting:
+                self._publish(live)
+
+    # -- applying changes ---------------------------------------------------------------
+
+    def _change(
+        self,
+        live: _Live,
+        updated: ServiceRecord,
+        kind: str,
+        *,
+        changed: VersionRecord | None = None,
+        created: VersionRecord | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Store `updated`, publish it, and start an operation if the replicas of the
+        `created` version, or of the `changed` one (as it was before), must change.
+        Returns the view and whether an operation started."""
+        _check_versions(updated.versions)
+        live.record = self._write(lambda: self._store.update_service(updated))
+        self._publish(live)
+        plan: tuple[VersionRecord, Rollout] | None = None
+        if created is not None:
+            plan = (created, "roll")
+        elif changed is not None:
+            new = live.record.version(changed.name)
+            assert new is not None
+            how = _rollout(changed, new)
+            if how != "none":
+                plan = (new, how)
+        if plan is not None:
+            version, how = plan
+            self._start_operation(
+                live, kind, (version.name,), functools.partial(self._apply, live, version, how)
+            )
+        logger.info(
+            "event=service-changed service=%s change=%s redeploy=%s",
+            live.record.name,
+            kind,
+            plan[0].name if plan else "none",
+        )
+        return self._view(live), plan is not None
+
+    async def _apply(self, live: _Live, version: VersionRecord, how: Rollout) -> None:
+        if how == "scale" and await self._rescale(live, version):
+            return
+        await self._deploy(live, version)
+
+    async def _rescale(self, live: _Live, version: VersionRecord) -> bool:
+        """New scaling settings for the running replicas, without restarting them; False
+        if the version needs a full deploy (e.g. it is not running)."""
+        key = DeploymentKey(live.record.name, version.name)
+        scaling, _ = _scaling(version.deployment)
+        try:
+            if isinstance(scaling, Autoscale):
+                if self._loop.desired(key) is None:
+                    return False
+                self._loop.reconfigure(key, scaling.config)
+            else:
+                self._backend.status(key)  # LookupError if it is not deployed
+                await self._backend.scale(key, scaling.replicas)
+        except LookupError:
+            return False
+        self._deployed(live, version.name)
+        return True
+
+    async def _deploy(
+        self, live: _Live, version: VersionRecord, *, restore_count: int | None = None
+    ) -> None:
+        """Deploy (or roll) one version through the control loop. A backend refusal is
+        recorded as the version's error (it shows as Failed), not raised."""
+        service = live.record.name
+        key = DeploymentKey(service, version.name)
+        try:
+            template = _template(service, version)
+            scaling, warm = _scaling(version.deployment)
+            if isinstance(scaling, FixedReplicas) or restore_count is None:
+                await self._loop.deploy(key, template, scaling, warm=warm)
+            else:
+                # The loop starts a deployment at its minimum (or at the count a redeploy
+                # keeps). To start at the stored count, deploy with that count as the
+                # minimum, then hand the policy the real bounds before its first tick.
+                config = scaling.config
+                start = config.clamp(restore_count)
+                first = replace(scaling, config=replace(config, min_replicas=start))
+                await self._loop.deploy(key, template, first, warm=warm)
+                self._loop.reconfigure(key, config)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            live.errors[version.name] = f"the backend could not deploy it: {error}"
+            logger.error(
+                "event=deploy-failed deployment=%s error=%r", key, str(error).partition("\n")[0]
+            )
+        self._deployed(live, version.name)
+
+    def _deployed(self, live: _Live, version: str) -> None:
+        """The backend has the version now: its own status tells its state from here."""
+        if live.operation is not None:
+            live.operation.deploying.discard(version)
+
+    async def _delete_deployment(self, service: str, version: str) -> None:
+        try:
+            await self._loop.delete(DeploymentKey(service, version))
+        except LookupError:
+            pass  # never deployed (its deploy failed)
+
+    def _start_operation(
+        self,
+        live: _Live,
+        kind: str,
+        versions: tuple[str, ...],
+        work: Callable[[], Awaitable[None]],
+    ) -> None:
+        operation = _Operation(kind, versions, time.monotonic(), deploying=set(versions))
+        live.operation = operation
+        for version in versions:
+            # A new attempt: the last one's refusal no longer describes the version.
+            live.errors.pop(version, None)
+        operation.task = self._spawn(
+            self._run_operation(live, operation, work), f"{kind} {live.record.name}"
+        )
+
+    async def _run_operation(
+        self, live: _Live, operation: _Operation, work: Callable[[], Awaitable[None]]
+    ) -> None:
+        name = live.record.name
+        logger.info(
+            "event=operation-started service=%s operation=%s versions=%s",
+            name,
+            operation.kind,
+            ",".join(operation.versions) or "-",
+        )
+        try:
+            await work()
+            while any(
+                self._version_status(live, v)[0] == "Transitioning"
+                for v in operation.versions
+                if live.record.version(v) is not None
+            ):
+                await asyncio.sleep(self._settle_interval)
+            settled = [
+                (v, *self._version_status(live, v))
+                for v in operation.versions
+                if live.record.version(v) is not None
+            ]
+            for version, _, status in settled:
+                if status is not None and status.ready > 0 and version not in live.serving:
+                    live.serving.add(version)
+                    self._publish(live)
+                    logger.info("event=version-serving service=%s version=%s", name, version)
+            states = [state for _, state, _ in settled]
+            operation.outcome = _worst(states) if states else "Healthy"
+            errors = [
+                f"version {v}: {self._version_error(live, v, state, status)}"
+                for v, state, status in settled
+                if state == "Failed"
+            ]
+            operation.error = errors[0] if errors else None
+        except asyncio.CancelledError:
+            operation.outcome = "Failed"
+            operation.error = "cancelled"
+            raise
+        except Exception as error:
+            logger.exception("event=operation-error service=%s operation=%s", name, operation.kind)
+            operation.outcome, operation.error = "Failed", f"{operation.kind} failed: {error}"
+        finally:
+            logger.info(
+                "event=operation-settled service=%s operation=%s outcome=%s seconds=%.1f",
+                name,
+                operation.kind,
+                operation.outcome,
+                time.monotonic() - operation.started_at,
+            )
+
+    def _spawn(self, work: Awaitable[None], name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        task.set_name(name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def _publish(self, live: _Live) -> None:
+        """Hand the registry the routes for `live`: versions not serving yet and versions
+        being retired get no share of the traffic."""
+        record = live.record
+        names = [v.name for v in record.versions]
+        default = record.default_version
+        configured = default.name if default else names[0]
+        routing = configured
+        if configured not in live.serving:
+            candidates = [live.routing_default, *names]
+            routing = next((c for c in candidates if c in names and c in live.serving), configured)
+        live.routing_default = routing
+        specs = [
+            _version_spec(v, v.traffic_percentile if v.name in live.serving else 0.0)
+            for v in record.versions
+        ]
+        specs += [_version_spec(v, 0.0) for v in live.retiring.values()]
+        if routing != configured:
+            # The routing default takes the configured default's share too.
+            specs = [
+                replace(s, traffic_percentile=0.0) if s.name == configured else s for s in specs
+            ]
+        self._registry.set_service(
+            ServiceSpec(
+                name=record.name,
+                versions=tuple(specs),
+                default_version=routing,
+                auth_mode=record.auth_mode,
+                primary_key=record.primary_key,
+                secondary_key=record.secondary_key,
+                token_secret=self._store.signing_secret() if record.auth_mode == "token" else b"",
+            )
+        )
+
+    def _write(self, change: Callable[[], ServiceRecord | None]) -> Any:
+        """Run one store change; the store's refusals become the API's."""
+        try:
+            return change()
+        except Conflict as error:
+            raise Busy(str(error)) from None
+        except NotFound as error:
+            raise UnknownService(str(error)) from None
+        except ValueError as error:
+            raise InvalidRequest(str(error)) from None
+
+    # -- replica counts -----------------------------------------------------------------
+
+    async def _persist_counts(self) -> None:
+        while True:
+            await asyncio.sleep(self._persist_interval)
+            self._save_counts()
+
+    def _save_counts(self) -> None:
+        """Write the autoscaler's current counts that differ from what the store has."""
+        for name, live in list(self._services.items()):
+            if live.deleting:
+                continue
+            for version in live.record.versions:
+                key = (name, version.name)
+                count = self._loop.desired(DeploymentKey(*key))
+                if count is None or self._saved_counts.get(key) == count:
+                    continue
+                try:
+                    self._store.set_desired_replicas(name, version.name, count)
+                except (NotFound, StoreError) as error:
+                    logger.warning("event=count-not-saved deployment=%s/%s error=%s", *key, error)
+                    continue
+                self._saved_counts[key] = count
+                logger.info("event=count-saved deployment=%s/%s replicas=%d", *key, count)
+
+    # -- the data plane's 504s ----------------------------------------------------------
+
+    def _recycle(self, service: str, version: str, replica_id: str) -> None:
+        backend = self._backend
+        if isinstance(backend, SupportsRecycle):
+            backend.recycle(DeploymentKey(service, version), replica_id)
+
+    # -- views --------------------------------------------------------------------------
+
+    def _live(self, name: str) -> _Live:
+        live = self._services.get(name)
+        if live is None or live.deleting:
+            raise UnknownService(f"no service {name!r}")
+        return live
+
+    def _check_free(self, name: str) -> None:
+        live = self._services.get(name)
+        if live is None:
+            return
+        if live.deleting:
+            raise Busy(f"service {name!r} is being deleted: try again when it is gone")
+        raise Busy(f"service {name!r} already exists")
+
+    def _check_idle(self, live: _Live) -> None:
+        operation = live.operation
+        if operation is not None and operation.running:
+            raise Busy(
+                f"service {live.record.name!r} is Transitioning ({operation.kind} in progress):"
+                " try again when it has settled"
+            )
+
+    def _version_status(
+        self, live: _Live, version: str
+    ) -> tuple[ServiceState, DeploymentStatus | None]:
+        operation = live.operation
+        if operation is not None and operation.running and version in operation.deploying:
+            return "Transitioning", None
+        if version in live.errors:
+            return "Failed", None
+        try:
+            status = self._backend.status(DeploymentKey(live.record.name, version))
+        except LookupError:
+            return "Failed", None
+        return _STATES[status.state], status
+
+    def _version_error(
+        self, live: _Live, version: str, state: ServiceState, status: DeploymentStatus | None
+    ) -> str | None:
+        if version in live.errors:
+            return live.errors[version]
+        if state in ("Healthy", "Transitioning"):
+            return None
+        if status is None:
+            return "no replicas are deployed: update the version to deploy it again"
+        return status.message or None
+
+    def _view(self, live: _Live) -> dict[str, Any]:
+        record = live.record
+        route = self._registry.routes.get(record.name)
+        effective = dict(route.traffic.weights) if route is not None else {}
+        versions = []
+        states: list[ServiceState] = []
+        first_error: dict[ServiceState, str] = {}
+        for version in record.versions:
+            state, status = self._version_status(live, version.name)
+            error = self._version_error(live, version.name, state, status)
+            states.append(state)
+            if error and state not in first_error:
+                first_error[state] = f"version {version.name}: {error}"
+            replicas = {
+                "desired": status.desired if status else 0,
+                "ready": status.ready if status else 0,
+                "starting": status.starting if status else 0,
+                "warm": status.warm if status else 0,
+            }
+            versions.append(
+                {
+                    "name": version.name,
+                    "isDefault": version.is_default,
+                    "isControl": version.is_control,
+                    "trafficPercentile": _number(version.traffic_percentile),
+                    "effectiveTrafficPercentile": _number(effective.get(version.name, 0.0)),
+                    "state": state,
+                    "error": error,
+                    "replicas": replicas,
+                    "deploymentConfig": deployment_config_to_json(
+                        version.deployment, include_keys=False
+                    ),
+                    "inferenceConfig": inference_config_to_json(version.inference),
+                    "models": [str(model) for model in version.models],
+                    "modelDir": version.model_dir,
+                }
+            )
+        operation = live.operation
+        busy = operation is not None and operation.running
+        state = _service_state(states, busy)
+        error = None
+        if state != "Healthy":
+            error = next((first_error[s] for s in _ERROR_ORDER if s in first_error), None)
+        return {
+            "name": record.name,
+            "state": state,
+            "error": error,
+            "authMode": record.auth_mode,
+            "scoringUri": f"{self.public_url}/api/v1/service/{record.name}/score",
+            "swaggerUri": f"{self.public_url}/api/v1/service/{record.name}/swagger.json",
+            "createdTime": _iso(record.created_at),
+            "updatedTime": _iso(record.updated_at),
+            "versions": versions,
+        }
+
+
+# -- pure helpers -------------------------------------------------------------------------
+
+_STATES: dict[DeploymentState, ServiceState] = {
+    DeploymentState.TRANSITIONING: "Transitioning",
+    DeploymentState.HEALTHY: "Healthy",
+    DeploymentState.UNHEALTHY: "Unhealthy",
+    DeploymentState.UNSCHEDULABLE: "Unschedulable",
+    DeploymentState.FAILED: "Failed",
+}
+_ERROR_ORDER: tuple[ServiceState, ...] = ("Failed", "Unschedulable", "Unhealthy")
+
+
+def _service_state(states: list[ServiceState], busy: bool) -> ServiceState:
+    """Failed if any version failed; else Unschedulable if any; else Transitioning while an
+    operation runs or a version comes up; else Unhealthy if any; else Healthy."""
+    if "Failed" in states:
+        return "Failed"
+    if "Unschedulable" in states:
+        return "Unschedulable"
+    if busy or "Transitioning" in states:
+        return "Transitioning"
+    if "Unhealthy" in states:
+        return "Unhealthy"
+    return "Healthy"
+
+
+def _worst(states: list[ServiceState]) -> ServiceState:
+    return _service_state(states, busy=False)
+
+
+def _check_versions(versions: tuple[VersionRecord, ...]) -> None:
+    """The version rules: 1-6 versions, exactly one default, at most one control,
+    trafficPercentiles adding up to at most 100."""
+    if not 1 <= len(versions) <= MAX_VERSIONS:
+        raise InvalidRequest(
+            f"a service has 1 to {MAX_VERSIONS} versions, this change leaves {len(versions)}"
+        )
+    defaults = [v.name for v in versions if v.is_default]
+    if len(defaults) != 1:
+        raise InvalidRequest(f"exactly one version must be the default, not {defaults or 'none'}")
+    controls = [v.name for v in versions if v.is_control]
+    if len(controls) > 1:
+        raise InvalidRequest(f"at most one version may be the control, not {controls}")
+    total = math.fsum(v.traffic_percentile for v in versions)
+    if total > 100 + _TRAFFIC_TOLERANCE:
+        shares = ", ".join(f"{v.name} {v.traffic_percentile:g}" for v in versions)
+        raise InvalidRequest(
+            f"trafficPercentile values add up to {total:g}, more than 100 ({shares}):"
+            " lower another version's share first"
+        )
+
+
+def _check_no_other_control(versions: Iterable[VersionRecord], name: str) -> None:
+    for version in versions:
+        if version.is_control and version.name != name:
+            raise InvalidRequest(
+                f"version {version.name!r} is the control already: set isControl false on it first"
+            )
+
+
+def _check_auth(record: ServiceRecord, auth: AuthRequest) -> None:
+    """Auth is the service's: a version may restate it, never change it."""
+    if auth.mode is not None and auth.mode != record.auth_mode:
+        raise InvalidRequest(
+            f"deploymentConfig.authEnabled / tokenAuthEnabled ask for {auth.mode} auth, but"
+            f" service {record.name!r} uses {record.auth_mode} auth: auth belongs to the"
+            " service, change it with a service update"
+        )
+    for label, given, current in (
+        ("primaryKey", auth.primary_key, record.primary_key),
+        ("secondaryKey", auth.secondary_key, record.secondary_key),
+    ):
+        if given is not None and given != current:
+            raise InvalidRequest(
+                f"deploymentConfig.keys.{label} differs from the service's key: keys belong"
+                " to the service, change them with regenerate-key"
+            )
+
+
+def _percentile(value: float) -> float:
+    if not 0 <= value <= 100:
+        raise InvalidRequest(f"trafficPercentile must be between 0 and 100, got {value:g}")
+    return float(value)
+
+
+def _merge(current: DeploymentConfig, changes: Mapping[str, Any]) -> DeploymentConfig:
+    try:
+        return merge_deployment_config(current, dict(changes))
+    except ConfigError as error:
+        raise prefixed(error, "deploymentConfig") from None
+
+
+def prefixed(error: ConfigError, prefix: str) -> ConfigError:
+    """`error` with its key (and the key it starts its message with) under `prefix`:
+    "autoScaler.maxReplicas (2) is ..." becomes "deploymentConfig.autoScaler.maxReplicas
+    (2) is ..."."""
+    key = f"{prefix}.{error.key}" if error.key else prefix
+    message = error.message
+    if error.key and message.startswith(error.key):
+        message = f"{prefix}.{message}"
+    else:
+        message = f"{prefix}: {message}"
+    return ConfigError(key, message)
+
+
+def _normalized(deployment: DeploymentConfig, auth_mode: AuthMode) -> DeploymentConfig:
+    """A version's configuration as stored: the service's auth, no keys (they live on the
+    service), and no AKS-endpoint version name or traffic (they live on the version)."""
+    return replace(
+        deployment,
+        auth_enabled=auth_mode == "key",
+        token_auth_enabled=auth_mode == "token",
+        primary_key=None,
+        secondary_key=None,
+        version_name=None,
+        traffic_percentile=None,
+    )
+
+
+def _version_record(
+    name: str,
+    deployment: DeploymentConfig,
+    source: VersionSource,
+    auth_mode: AuthMode,
+    *,
+    traffic: float,
+    is_default: bool = False,
+    is_control: bool = False,
+) -> VersionRecord:
+    return VersionRecord(
+        name=name,
+        deployment=_normalized(deployment, auth_mode),
+        inference=source.inference,
+        models=source.models,
+        model_dir=source.model_dir,
+        traffic_percentile=_percentile(traffic),
+        is_default=is_default,
+        is_control=is_control,
+        description=deployment.description,
+    )
+
+
+def _apply_source(version: VersionRecord, changes: VersionChanges) -> VersionRecord:
+    if changes.inference is not None:
+        version = replace(version, inference=changes.inference)
+    if changes.models is not None and changes.model_dir is not None:
+        raise InvalidRequest("give either models or modelDir, not both")
+    if changes.models is not None:
+        version = replace(version, models=changes.models, model_dir=None)
+    if changes.model_dir is not None:
+        version = replace(version, models=(), model_dir=changes.model_dir)
+    return version
+
+
+def _template(service: str, version: VersionRecord) -> ReplicaTemplate:
+    deployment, inference = version.deployment, version.inference
+    # The runtime names its swagger document after these, as Azure's server does.
+    environment = {"SERVICE_NAME": service, "SERVICE_VERSION": version.name}
+    environment.update(inference.environment_variables)
+    # The deployment's variables are set on the container, over the environment's.
+    environment.update(deployment.environment_variables)
+    return ReplicaTemplate(
+        entry_script=str(inference.entry_script),
+        source_dir=str(inference.source_directory),
+        model_dir=version.model_dir,
+        models=tuple(ModelFile(m.name, m.version, m.path) for m in version.models),
+        environment=environment,
+        slots=deployment.max_concurrent_requests_per_container,
+        scoring_timeout_ms=deployment.scoring_timeout_ms,
+    )
+
+
+def _scaling(deployment: DeploymentConfig) -> tuple[Scaling, int]:
+    """The control loop's scaling and the warm standby count for a deployment."""
+    autoscale = deployment.autoscale
+    if not autoscale.enabled:
+        return FixedReplicas(deployment.num_replicas or autoscale.min_replicas), 0
+    config = ScalingConfig(
+        min_replicas=autoscale.min_replicas,
+        max_replicas=autoscale.max_replicas,
+        target_utilization=autoscale.target_utilization / 100,
+        slots_per_replica=deployment.max_concurrent_requests_per_container,
+        scale_down_window=autoscale.scale_down_delay_seconds,
+    )
+    return Autoscale(config, autoscale.refresh_period_seconds), autoscale.warm_replicas
+
+
+def _rollout(old: VersionRecord, new: VersionRecord) -> Rollout:
+    """What a change of a version needs: nothing (routes only), new scaling settings for
+    the running replicas, or new replicas."""
+    if _template("-", old) != _template("-", new):
+        return "roll"
+    old_scaling, old_warm = _scaling(old.deployment)
+    new_scaling, new_warm = _scaling(new.deployment)
+    if old_scaling == new_scaling and old_warm == new_warm:
+        return "none"
+    if old_warm != new_warm:
+        return "roll"
+    if isinstance(old_scaling, FixedReplicas) and isinstance(new_scaling, FixedReplicas):
+        return "scale"
+    if (
+        isinstance(old_scaling, Autoscale)
+        and isinstance(new_scaling, Autoscale)
+        and old_scaling.refresh_period == new_scaling.refresh_period
+    ):
+        return "scale"
+    return "roll"
+
+
+def _version_spec(version: VersionRecord, traffic: float) -> VersionSpec:
+    deployment = version.deployment
+    return VersionSpec(
+        name=version.name,
+        traffic_percentile=traffic,
+        scoring_timeout=deployment.scoring_timeout_ms / 1000,
+        slots_per_replica=deployment.max_concurrent_requests_per_container,
+        max_queue_wait=deployment.max_queue_wait_ms / 1000,
+    )
+
+
+def _replica_logs(backend: ReplicaBackend, key: DeploymentKey, tail: int) -> list[dict[str, str]]:
+    """Each replica's log tail. The local backend keeps `<id>.log` per replica beside its
+    socket, also after the replica is gone (a failed init's traceback stays readable)."""
+    if not isinstance(backend, LocalBackend):
+        return []
+    try:
+        infos = {info.id: info for info in backend.replicas(key)}
+    except LookupError:
+        infos = {}
+    directory = backend.state_dir / "replicas" / key.service / key.version
+    paths: dict[str, Path] = {path.stem: path for path in directory.glob("*.log")}
+    for info in infos.values():
+        paths.setdefault(info.id, info.log_path)
+    out = []
+    for replica_id in sorted(paths, key=_replica_order):
+        info = infos.get(replica_id)
+        state = info.state.value if info is not None else "Stopped"
+        if info is not None and state == "Ready" and not info.serving:
+            state = "Warm"
+        out.append({"id": replica_id, "state": state, "log": log_tail(paths[replica_id], 0, tail)})
+    return out
+
+
+def _replica_order(replica_id: str) -> tuple[int, str]:
+    digits = _REPLICA_NUMBER.search(replica_id)
+    return (int(digits.group()) if digits else 0, replica_id)
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _iso(timestamp: float) -> str:
+    """A Unix time as ISO 8601 in UTC (`2024-05-01T12:00:00+00:00`)."""
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
