@@ -20,14 +20,10 @@ import contextlib
 import datetime
 import json
 import os
-import platform
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a file, not only as `python -m benchmarks....`
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.harness import (  # noqa: E402
+    CpuMeter,
+    RunningServer,
+    ServerSpec,
+    free_port,
+    machine_info,
+    running,
+)
 from benchmarks.loadgen import LoadConfig, LoadResult, run_load  # noqa: E402
 
 ENTRY_SCRIPT = ROOT / "benchmarks" / "scripts" / "noop_score.py"
@@ -47,8 +51,6 @@ RESULT_FILE = ROOT / "benchmarks" / "results" / "runtime_vs_azmlinfsrv.json"
 BODY = b'{"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]}'
 HEADERS = (("Content-Type", "application/json"),)
 CPU_TARGET_RATIO = 0.25
-READY_TIMEOUT_S = 120.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------
@@ -93,144 +95,20 @@ def package_version(python: Path | str, package: str) -> str:
 # Servers under test
 
 
-@dataclass(frozen=True)
-class ServerSpec:
-    """How to start one server on a given port."""
-
-    name: str
-    argv: tuple[str, ...]
-
-
 def mlfe_spec(port: int, model_dir: Path) -> ServerSpec:
-    argv = (
-        sys.executable,
-        "-m",
-        "scoring_runtime",
-        "--entry-script",
-        str(ENTRY_SCRIPT),
-        "--model-dir",
-        str(model_dir),
-        "--port",
-        str(port),
-    )
-    return ServerSpec("mlfe", argv)
+    argv = (sys.executable, "-m", "scoring_runtime", "--entry-script", str(ENTRY_SCRIPT))
+    argv += ("--model-dir", str(model_dir), "--port", str(port))
+    return ServerSpec("mlfe", argv, f"http://127.0.0.1:{port}/")
 
 
 def azure_spec(executable: Path, port: int, model_dir: Path) -> ServerSpec:
-    argv = (
-        str(executable),
-        "--entry_script",
-        str(ENTRY_SCRIPT),
-        "--model_dir",
-        str(model_dir),
-        "--port",
-        str(port),
-        "--worker_count",
-        "1",
-    )
-    return ServerSpec("azmlinfsrv", argv)
+    argv = (str(executable), "--entry_script", str(ENTRY_SCRIPT), "--model_dir", str(model_dir))
+    argv += ("--port", str(port), "--worker_count", "1")
+    return ServerSpec("azmlinfsrv", argv, f"http://127.0.0.1:{port}/")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class RunningServer:
-    spec: ServerSpec
-    process: subprocess.Popen[bytes]
-    base_url: str
-    log_path: Path
-
-
-@contextlib.contextmanager
-def running(spec: ServerSpec, port: int, log_dir: Path) -> Iterator[RunningServer]:
-    """Start a server in its own process group; stop the whole group on exit."""
-    log_path = log_dir / f"{spec.name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            spec.argv, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, start_new_session=True
-        )
-    server = RunningServer(spec, process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        wait_ready(server)
-        yield server
-    finally:
-        stop(process)
-
-
-def wait_ready(server: RunningServer) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(
-                f"{server.spec.name} exited with {server.process.returncode} before it was "
-                f"ready; log:\n{server.log_path.read_text(errors='replace')[-3000:]}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(server.base_url + "/", timeout=2.0).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"{server.spec.name} not ready after {READY_TIMEOUT_S:.0f} s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    # The group id is the pid of the process we started (start_new_session=True).
-    for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=wait_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    # Workers can outlive a killed master; the group signal above reaches them too.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-# ---------------------------------------------------------------------------------------
-# CPU time from /proc
-
-
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, CPU ticks: utime + stime + reaped children's cutime + cstime)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Fields after the command name, which may itself contain spaces or parentheses.
-    fields = text[text.rindex(")") + 2 :].split()
-    ppid = int(fields[1])
-    ticks = sum(int(value) for value in fields[11:15])
-    return ppid, ticks
-
-
-def tree_cpu_ticks(root_pid: int) -> dict[int, int]:
-    """CPU ticks of ``root_pid`` and every descendant, by pid."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (stat := _stat(int(entry))) is not None:
-            parents[int(entry)], ticks[int(entry)] = stat
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
-    found: dict[int, int] = {}
-    pending = [root_pid]
-    while pending:
-        pid = pending.pop()
-        if pid in ticks:
-            found[pid] = ticks[pid]
-            pending.extend(children.get(pid, ()))
-    return found
-
-
-def cpu_seconds_between(before: dict[int, int], after: dict[int, int]) -> float:
-    ticks = sum(value - before.get(pid, 0) for pid, value in after.items())
-    return ticks / CLOCK_TICKS
+def base_url(server: RunningServer) -> str:
+    return server.spec.ready_url.rstrip("/")
 
 
 # ---------------------------------------------------------------------------------------
@@ -267,7 +145,7 @@ async def measure(
 ) -> Measurement:
     def config(duration: float) -> LoadConfig:
         return LoadConfig(
-            url=server.base_url + "/score",
+            url=base_url(server) + "/score",
             method="POST",
             body=BODY,
             headers=HEADERS,
@@ -277,16 +155,15 @@ async def measure(
 
     # Warmup is its own run so the CPU snapshot brackets exactly the measured requests.
     await run_load(config(warmup_s))
-    before = tree_cpu_ticks(server.process.pid)
+    meter = CpuMeter([server.pid])
     load = await run_load(config(duration_s))
-    after = tree_cpu_ticks(server.process.pid)
-    return Measurement(server.spec.name, connections, load, cpu_seconds_between(before, after))
+    return Measurement(server.spec.name, connections, load, meter.seconds()[0])
 
 
 def check_answers(server: RunningServer) -> dict[str, Any]:
     """One request by hand, so a misconfigured server fails loudly instead of fast."""
     response = httpx.post(
-        server.base_url + "/score", content=BODY, headers=dict(HEADERS), timeout=10.0
+        base_url(server) + "/score", content=BODY, headers=dict(HEADERS), timeout=10.0
     )
     if response.status_code != 200:
         raise RuntimeError(
@@ -304,23 +181,6 @@ def ratios(mlfe: Measurement, azure: Measurement) -> dict[str, float]:
         "rps": ratio(mlfe.load.rps, azure.load.rps),
         "p50": ratio(mlfe.load.latency.p50_ms, azure.load.latency.p50_ms),
         "p99": ratio(mlfe.load.latency.p99_ms, azure.load.latency.p99_ms),
-    }
-
-
-def machine_info() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "clock_ticks_per_s": CLOCK_TICKS,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -363,8 +223,7 @@ async def benchmark(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as stack:
             servers = []
             for spec in specs:
-                port = int(spec.argv[spec.argv.index("--port") + 1])
-                servers.append(stack.enter_context(running(spec, port, work)))
+                servers.append(stack.enter_context(running(spec, work)))
             answers = {server.spec.name: check_answers(server) for server in servers}
             for round_index, connections in enumerate(args.connections):
                 # ABBA order: whichever server goes second gets the other's drift once each.

@@ -19,6 +19,7 @@ has nobody to serve it; the data plane routes its share to the default meanwhile
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -162,13 +163,6 @@ class VersionChanges:
     models: tuple[ModelRef, ...] | None = None
     model_dir: str | None = None
 
-    @property
-    def touches_replicas(self) -> bool:
-        return any(
-            value is not None
-            for value in (self.deployment_changes, self.inference, self.models, self.model_dir)
-        )
-
 
 @runtime_checkable
 class SupportsRecycle(Protocol):
@@ -305,7 +299,8 @@ class ServiceManager:
 
     def state(self, name: str) -> ServiceState:
         """The derived state of a service (see `_view`)."""
-        return self._view(self._live(name))["state"]  # type: ignore[no-any-return]
+        state: ServiceState = self._view(self._live(name))["state"]
+        return state
 
     def token(self, name: str) -> dict[str, str]:
         """A fresh access token for a service in token auth mode."""
@@ -446,20 +441,21 @@ class ServiceManager:
         live = self._live(name)
         self._write(lambda: self._store.delete_service(name))
         live.deleting = True
+        # Taken before the cancellation, which may forget a retiring version.
+        versions = [v.name for v in live.record.versions] + list(live.retiring)
         operation = live.operation
         if operation is not None and operation.task is not None:
             operation.task.cancel()
-        for version in live.record.versions:
-            self._saved_counts.pop((name, version.name), None)
-        self._spawn(self._tear_down(live), f"delete {name}")
+        for version in versions:
+            self._saved_counts.pop((name, version), None)
+        self._spawn(self._tear_down(live, versions), f"delete {name}")
         logger.info("event=service-deleted service=%s", name)
 
-    async def _tear_down(self, live: _Live) -> None:
+    async def _tear_down(self, live: _Live, versions: list[str]) -> None:
         name = live.record.name
         operation = live.operation
         if operation is not None and operation.task is not None:
             await asyncio.wait({operation.task})
-        versions = [v.name for v in live.record.versions] + list(live.retiring)
         try:
             # Replicas drain while the routes still know them, so requests in flight finish.
             await asyncio.gather(*(self._delete_deployment(name, v) for v in versions))
@@ -683,10 +679,8 @@ class ServiceManager:
             live.operation.deploying.discard(version)
 
     async def _delete_deployment(self, service: str, version: str) -> None:
-        try:
+        with contextlib.suppress(LookupError):  # never deployed: its deploy failed
             await self._loop.delete(DeploymentKey(service, version))
-        except LookupError:
-            pass  # never deployed (its deploy failed)
 
     def _start_operation(
         self,
@@ -1176,8 +1170,8 @@ def _replica_logs(backend: ReplicaBackend, key: DeploymentKey, tail: int) -> lis
         infos = {}
     directory = backend.state_dir / "replicas" / key.service / key.version
     paths: dict[str, Path] = {path.stem: path for path in directory.glob("*.log")}
-    for info in infos.values():
-        paths.setdefault(info.id, info.log_path)
+    for replica in infos.values():
+        paths.setdefault(replica.id, replica.log_path)
     out = []
     for replica_id in sorted(paths, key=_replica_order):
         info = infos.get(replica_id)
