@@ -4,13 +4,13 @@ for everything that is not scoring (health, readiness, metrics; management later
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from router.dataplane import DEFAULT_MAX_BODY, DataPlane
 from router.registry import Registry
@@ -23,8 +23,11 @@ def create_app(
     *,
     max_body: int = DEFAULT_MAX_BODY,
     random_source: Callable[[], float] = random.random,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> DataPlane:
-    """The router app for `registry`; its metrics include the registry's pool gauges."""
+    """The router app for `registry`; its metrics include the registry's pool gauges.
+
+    `extra_routes` join the site behind the data plane (the management API's mount)."""
     registry.metrics.watch_pools(registry.pool_samples)
 
     async def healthz(request: Request) -> Response:
@@ -50,6 +53,7 @@ def create_app(
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            *extra_routes,
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from router.auth import bearer_credential
 from router.config import (
@@ -46,7 +47,6 @@ from router.services import (
     VersionSource,
     prefixed,
 )
-from router.store import StoreError
 
 logger = logging.getLogger("mlfe.manage")
 
@@ -115,6 +115,9 @@ class _Body:
     def has(self, key: str) -> bool:
         return key in self._data
 
+    def raw(self, key: str) -> Any:
+        return self._data.get(key)
+
     def string(self, key: str) -> str | None:
         value = self._data.get(key)
         if key in self._data and not isinstance(value, str):
@@ -178,7 +181,7 @@ def _deployment(value: dict[str, Any] | None) -> DeploymentConfig:
 
 def _models(body: _Body) -> tuple[tuple[ModelRef, ...] | None, str | None]:
     """`models` ("name:version:/abs/path", ...) or `modelDir` ("/abs/dir"), not both."""
-    raw = body._data.get("models") if body.has("models") else None
+    raw = body.raw("models")
     model_dir = body.string("modelDir")
     if body.has("models") and model_dir is not None:
         raise InvalidRequest("give either models or modelDir, not both")
@@ -538,31 +541,9 @@ def create_manage_app(manager: ServiceManager, admin_key: str) -> Starlette:
     for endpoint in table:
         by_path.setdefault(endpoint.path, {})[endpoint.method] = endpoint
 
-    def dispatcher(methods: dict[str, Endpoint]) -> Handler:
-        allow = ", ".join(methods)
-
-        async def dispatch(request: Request) -> Response:
-            endpoint = methods.get(request.method)
-            if endpoint is None:
-                return error_response(
-                    405, f"{request.method} is not allowed here", headers={"Allow": allow}
-                )
-            if endpoint.auth:
-                credential = bearer_credential(request.headers.get("authorization", "").encode())
-                if credential is None or not hmac.compare_digest(credential, expected):
-                    return _unauthorized()
-            try:
-                return await endpoint.handler(request)
-            except (ServiceError, ConfigError) as error:
-                status = error.status if isinstance(error, ServiceError) else 400
-                return error_response(status, error.message)
-            except _Refusal as refusal:
-                return error_response(refusal.status, str(refusal))
-            except StoreError:
-                logger.exception("event=store-error method=%s path=%s", request.method, request.url.path)
-                return error_response(500, "the service store failed: see the router's log")
-
-        return dispatch
+    routes = [
+        Route(path, _PathApp(methods, expected), methods=None) for path, methods in by_path.items()
+    ]
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -575,13 +556,51 @@ def create_manage_app(manager: ServiceManager, admin_key: str) -> Starlette:
         )
         return error_response(500, "Internal server error")
 
-    routes = [Route(path, dispatcher(methods), methods=None) for path, methods in by_path.items()]
     app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     app.router.redirect_slashes = False
     return app
+
+
+class _PathApp:
+    """Every method of one path: 405 with `Allow` for the others (HEAD included, which
+    Starlette would otherwise answer for GET routes), then the admin key, then the handler."""
+
+    def __init__(self, methods: Mapping[str, Endpoint], admin_key: bytes) -> None:
+        self.methods = methods
+        self.allow = ", ".join(methods)
+        self.admin_key = admin_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        response = await self.respond(request)
+        await response(scope, receive, send)
+
+    async def respond(self, request: Request) -> Response:
+        endpoint = self.methods.get(request.method)
+        if endpoint is None:
+            return error_response(
+                405, f"{request.method} is not allowed here", headers={"Allow": self.allow}
+            )
+        if endpoint.auth:
+            credential = bearer_credential(request.headers.get("authorization", "").encode())
+            if credential is None or not hmac.compare_digest(credential, self.admin_key):
+                return _unauthorized()
+        try:
+            return await endpoint.handler(request)
+        except (ServiceError, ConfigError) as error:
+            status = error.status if isinstance(error, ServiceError) else 400
+            return error_response(status, error.message)
+        except _Refusal as refusal:
+            return error_response(refusal.status, str(refusal))
+        except Exception:
+            # A bug or a store failure, never the client's input: log it, say little.
+            logger.exception(
+                "event=manage-error method=%s path=%s", request.method, request.url.path
+            )
+            return error_response(500, "Internal server error: see the router's log")
 
 
 # -- the OpenAPI document -----------------------------------------------------------------
@@ -684,7 +703,9 @@ SCHEMAS: dict[str, Any] = {
         ],
     ),
     "ServiceList": {"type": "array", "items": _ref("Service")},
-    "Keys": _object({"primaryKey": _STRING, "secondaryKey": _STRING}, ["primaryKey", "secondaryKey"]),
+    "Keys": _object(
+        {"primaryKey": _STRING, "secondaryKey": _STRING}, ["primaryKey", "secondaryKey"]
+    ),
     "Token": _object(
         {
             "accessToken": _STRING,
