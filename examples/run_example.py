@@ -199,7 +199,11 @@ def main() -> int:
         admin_key = resolve_admin_key(None, str(state_dir), os.environ)
         with ManageClient(server.url, admin_key) as client:
             if not ensure_deployed(client, server.url, state_dir):
-                raise CliError(f"service {SERVICE} is not Healthy; see the messages above")
+                raise CliError(
+                    f"service {SERVICE} is not Healthy (see above); to deploy it afresh:"
+                    f" .venv/bin/mlfe --state-dir {shlex.quote(str(state_dir))}"
+                    f" --url {server.url} service delete {SERVICE}"
+                )
             print_usage(client, server.url, state_dir)
         code = server.process.wait()
     except CliError as error:

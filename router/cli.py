@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import httpx
 
@@ -42,6 +44,7 @@ REQUEST_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.25
 DOT_INTERVAL_S = 1.0
 FAILURE_LOG_LINES = 20
+FAILURE_LOG_REPLICAS = 2
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -80,8 +83,9 @@ def resolve_admin_key(flag: str | None, state_dir: str | None, environ: Mapping[
     """--admin-key, else MLFE_ADMIN_KEY, else STATE/admin.key written by `mlfe serve`."""
     if flag:
         return flag
-    if environ.get("MLFE_ADMIN_KEY"):
-        return environ["MLFE_ADMIN_KEY"]
+    from_environment = environ.get("MLFE_ADMIN_KEY", "").strip()
+    if from_environment:
+        return from_environment
     folder = Path(state_dir).expanduser() if state_dir else default_state_dir(environ)
     path = folder / ADMIN_KEY_FILE
     try:
@@ -165,43 +169,57 @@ class ManageClient:
     # The routes, one method each, so commands read as what they do.
 
     def services(self) -> list[dict[str, Any]]:
-        return list(self.call("GET", "/services"))
+        answer = self.call("GET", "/services")
+        if not isinstance(answer, list) or not all(isinstance(item, dict) for item in answer):
+            raise CliError(f"{self.url} answered GET /services with something that is not mlfe's")
+        return answer
 
     def service(self, name: str) -> dict[str, Any]:
-        return dict(self.call("GET", f"/services/{name}"))
+        return self._object("GET", _path("services", name))
 
     def create_service(self, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.call("POST", "/services", body=body))
+        return self._object("POST", "/services", body=body)
 
     def update_service(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.call("PATCH", f"/services/{name}", body=body))
+        return self._object("PATCH", _path("services", name), body=body)
 
     def delete_service(self, name: str) -> dict[str, Any]:
-        return dict(self.call("DELETE", f"/services/{name}"))
+        return self._object("DELETE", _path("services", name))
 
     def keys(self, name: str) -> dict[str, Any]:
-        return dict(self.call("GET", f"/services/{name}/keys"))
+        return self._object("GET", _path("services", name, "keys"))
 
     def regenerate_key(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.call("POST", f"/services/{name}/regenerate-key", body=body))
+        return self._object("POST", _path("services", name, "regenerate-key"), body=body)
 
     def token(self, name: str) -> dict[str, Any]:
-        return dict(self.call("POST", f"/services/{name}/token"))
+        return self._object("POST", _path("services", name, "token"))
 
     def create_version(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.call("POST", f"/services/{name}/versions", body=body))
+        return self._object("POST", _path("services", name, "versions"), body=body)
 
     def update_version(self, name: str, version: str, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.call("PATCH", f"/services/{name}/versions/{version}", body=body))
+        return self._object("PATCH", _path("services", name, "versions", version), body=body)
 
     def delete_version(self, name: str, version: str) -> dict[str, Any]:
-        return dict(self.call("DELETE", f"/services/{name}/versions/{version}"))
+        return self._object("DELETE", _path("services", name, "versions", version))
 
     def logs(self, name: str, version: str | None, tail: int) -> dict[str, Any]:
         params: dict[str, str | int] = {"tail": tail}
         if version:
             params["version"] = version
-        return dict(self.call("GET", f"/services/{name}/logs", params=params))
+        return self._object("GET", _path("services", name, "logs"), params=params)
+
+    def _object(self, method: str, path: str, **options: Any) -> dict[str, Any]:
+        answer = self.call(method, path, **options)
+        if not isinstance(answer, dict):
+            raise CliError(f"{self.url} answered {method} {path} with something that is not mlfe's")
+        return answer
+
+
+def _path(*segments: str) -> str:
+    # A name is one path segment whatever it contains; the server judges whether it is valid.
+    return "".join("/" + quote(segment, safe="") for segment in segments)
 
 
 # -- reading the user's files ------------------------------------------------------------
@@ -249,15 +267,13 @@ def model_argument(text: str) -> str:
     return f"{name}:{version}:{os.path.abspath(path)}"
 
 
-def deployment_body(args: argparse.Namespace, *, require_ic: bool) -> dict[str, Any]:
+def deployment_body(args: argparse.Namespace) -> dict[str, Any]:
     """The inferenceConfig / deploymentConfig / models part of a request, from the flags."""
     body: dict[str, Any] = {}
     if args.ic:
         body["inferenceConfig"] = inference_config_for_server(
             read_json_file(args.ic, "inference configuration"), Path(args.ic)
         )
-    elif require_ic:
-        raise CliError("--ic is required")  # argparse enforces it; kept for direct callers
     if args.dc:
         body["deploymentConfig"] = read_json_file(args.dc, "deployment configuration")
     if args.models:
@@ -272,6 +288,8 @@ def percent(text: str) -> int | float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage")
     return int(value) if value.is_integer() else value
 
 
@@ -325,7 +343,6 @@ def format_service(view: Mapping[str, Any]) -> str:
             ("auth", view.get("authMode")),
             ("created", view.get("createdTime")),
             ("updated", view.get("updatedTime")),
-            *([("error", view["error"])] if view.get("error") else []),
         ]
     )
     rows = []
@@ -334,7 +351,8 @@ def format_service(view: Mapping[str, Any]) -> str:
         configured = version.get("trafficPercentile")
         effective = version.get("effectiveTrafficPercentile")
         traffic = format_percent(effective)
-        if configured is not None and configured != effective:
+        if configured and configured != effective:
+            # The default version also gets what the others leave unassigned.
             traffic += f" (set {format_percent(configured)})"
         rows.append(
             [
@@ -348,6 +366,8 @@ def format_service(view: Mapping[str, Any]) -> str:
         )
         if version.get("error"):
             errors.append(f"version {version.get('name')} error: {version['error']}")
+    if view.get("error") and not errors:
+        errors.append(f"error: {view['error']}")
     versions = table(["VERSION", "DEFAULT", "CONTROL", "TRAFFIC", "STATE", "REPLICAS"], rows)
     return "\n\n".join([header, versions, *errors])
 
@@ -429,14 +449,8 @@ class Progress:
         self._mid_line = False
 
 
-def version_progress(view: Mapping[str, Any]) -> list[str]:
-    lines = []
-    for version in view.get("versions", []):
-        lines.append(
-            f"{time.strftime('%H:%M:%S')} version {version.get('name')}: {version.get('state')},"
-            f" replicas {format_replicas(version.get('replicas') or {})}"
-        )
-    return lines
+def version_summary(version: Mapping[str, Any]) -> str:
+    return f"{version.get('state')}, replicas {format_replicas(version.get('replicas') or {})}"
 
 
 def wait_until_settled(
@@ -447,24 +461,32 @@ def wait_until_settled(
     progress: Progress,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
-    """Poll the service until its state is no longer Transitioning; its last view."""
+    """Poll the service until its state is no longer Transitioning; its last view.
+
+    Prints "Running", a dot a second and a line whenever a version's state or replica
+    counts change; nothing when the service has settled already (a traffic change).
+    """
     deadline = clock() + timeout
-    progress.begin("Running")
-    shown: list[str] = []
+    shown: dict[str, str] = {}
     next_dot = clock() + DOT_INTERVAL_S
     while True:
         view = client.service(name)
-        # Timestamps differ on every poll; compare the lines without them.
-        lines = version_progress(view)
-        if [line[9:] for line in lines] != [line[9:] for line in shown]:
-            for line in lines:
-                progress.line(line)
-            shown = lines
-        if view.get("state") != SETTLING:
+        settled = view.get("state") != SETTLING
+        if settled and not shown:
+            return view
+        if not shown:
+            progress.begin("Running")
+        for version in view.get("versions", []):
+            summary = version_summary(version)
+            if shown.get(version.get("name")) != summary:
+                shown[version.get("name")] = summary
+                progress.line(
+                    f"{time.strftime('%H:%M:%S')} version {version.get('name')}: {summary}"
+                )
+        if settled:
             return view
         now = clock()
         if now >= deadline:
-            progress.line("")
             raise CliError(
                 f"gave up waiting after {timeout:g} s: service {name} is still {SETTLING};"
                 f" follow it with `mlfe service show {name}`"
@@ -476,7 +498,7 @@ def wait_until_settled(
 
 
 def report_outcome(client: ManageClient, view: Mapping[str, Any], progress: Progress) -> int:
-    """Succeeded (exit 0) only for Healthy; otherwise the errors and each replica's log tail."""
+    """Succeeded (exit 0) only for Healthy; otherwise why, with the replicas' last lines."""
     name = view.get("name")
     state = view.get("state")
     if state == HEALTHY:
@@ -485,27 +507,32 @@ def report_outcome(client: ManageClient, view: Mapping[str, Any], progress: Prog
         return EXIT_OK
     progress.line("Failed")
     progress.line(f"service {name} is {state}")
-    if view.get("error"):
+    troubled = [version for version in view.get("versions", []) if version.get("state") != HEALTHY]
+    if view.get("error") and not any(version.get("error") for version in troubled):
         progress.line(f"error: {view['error']}")
-    for version in view.get("versions", []):
-        if version.get("state") == HEALTHY:
-            continue
-        if version.get("error") and version.get("error") != view.get("error"):
-            progress.line(f"version {version.get('name')} error: {version['error']}")
-        try:
-            logs = client.logs(str(name), str(version.get("name")), FAILURE_LOG_LINES)
-        except CliError as error:
-            progress.line(f"(no logs for version {version.get('name')}: {error})")
-            continue
-        for replica in logs.get("replicas") or []:
-            text = str(replica.get("log") or "").rstrip("\n")
-            if text:
-                progress.line(
-                    f"last log lines of version {version.get('name')} replica"
-                    f" {replica.get('id')} ({replica.get('state')}):"
-                )
-                progress.line(text)
+    for version in troubled:
+        error = str(version.get("error") or "")
+        if error:
+            progress.line(f"version {version.get('name')} is {version.get('state')}: {error}")
+        if "\n" not in error:
+            # A one-line reason (or none) says little: show what the replicas printed.
+            show_log_tail(client, str(name), str(version.get("name")), progress)
     return EXIT_FAILED
+
+
+def show_log_tail(client: ManageClient, name: str, version: str, progress: Progress) -> None:
+    try:
+        logs = client.logs(name, version, FAILURE_LOG_LINES)
+    except CliError as error:
+        progress.line(f"(no log of version {version}: {error})")
+        return
+    with_output = [replica for replica in logs.get("replicas") or [] if replica.get("log")]
+    for replica in with_output[:FAILURE_LOG_REPLICAS]:
+        progress.line(
+            f"last lines of the log of version {version} replica {replica.get('id')}"
+            f" ({replica.get('state')}):"
+        )
+        progress.line(str(replica["log"]).rstrip("\n"))
 
 
 def settle(
@@ -519,7 +546,9 @@ def settle(
     progress = Progress(output.err)
     final = wait_until_settled(client, name, timeout=args.timeout, progress=progress)
     code = report_outcome(client, final, progress)
-    output.result(final, format_service)
+    if code == EXIT_OK or output.as_json:
+        # A failure was just explained on stderr; the same text again helps nobody.
+        output.result(final, format_service)
     return code
 
 
@@ -527,7 +556,7 @@ def settle(
 
 
 def cmd_deploy(client: ManageClient, args: argparse.Namespace, output: Output) -> int:
-    body = {"name": args.name, **deployment_body(args, require_ic=True)}
+    body = {"name": args.name, **deployment_body(args)}
     return settle(client, args, output, client.create_service(body))
 
 
@@ -572,7 +601,7 @@ def cmd_service_logs(client: ManageClient, args: argparse.Namespace, output: Out
 
 
 def cmd_service_update(client: ManageClient, args: argparse.Namespace, output: Output) -> int:
-    body = deployment_body(args, require_ic=False)
+    body = deployment_body(args)
     if not body:
         raise UsageError("service update: give at least one of --dc, --ic, -m or --model-dir")
     return settle(client, args, output, client.update_service(args.name, body))
@@ -605,7 +634,7 @@ def cmd_service_delete(client: ManageClient, args: argparse.Namespace, output: O
 def cmd_create_version(client: ManageClient, args: argparse.Namespace, output: Output) -> int:
     body: dict[str, Any] = {
         "version": args.version,
-        **deployment_body(args, require_ic=True),
+        **deployment_body(args),
         "isDefault": args.default,
         "isControl": args.control,
     }
@@ -615,7 +644,7 @@ def cmd_create_version(client: ManageClient, args: argparse.Namespace, output: O
 
 
 def cmd_update_version(client: ManageClient, args: argparse.Namespace, output: Output) -> int:
-    body = deployment_body(args, require_ic=False)
+    body = deployment_body(args)
     if args.traffic is not None:
         body["trafficPercentile"] = args.traffic
     if args.default:
@@ -639,20 +668,21 @@ def cmd_delete_version(client: ManageClient, args: argparse.Namespace, output: O
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the router in the foreground until SIGINT or SIGTERM."""
-    # Imported here: the server pulls in uvicorn, Starlette and the backends, which the
-    # client commands never need.
+    # Imported here: the server pulls in uvicorn, Starlette and the backends, which
+    # every other command would pay for at start.
     from router.serve import ServeSettings, run
 
-    state_dir = Path(args.state_dir).expanduser() if args.state_dir else None
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(os.environ)
     settings = ServeSettings(
         host=args.host,
         port=args.port,
-        state_dir=state_dir if state_dir is not None else default_state_dir(os.environ),
+        state_dir=state_dir.expanduser(),
         backend=args.backend,
         log_level=args.log_level,
         max_body=args.max_body,
+        public_url=args.public_url,
     )
-    return int(run(settings) or 0)
+    return run(settings)
 
 
 def run_local_argv(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
@@ -811,10 +841,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the router, autoscaler and local replicas in the foreground"
     )
+    serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
     serve.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any)"
     )
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
     serve.add_argument(
         "--state-dir",
         default=argparse.SUPPRESS,
@@ -828,7 +858,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=100 * 1024 * 1024,
         help="largest scoring request body in bytes (default 100 MB)",
     )
-    serve.set_defaults(local=cmd_serve)
+    serve.add_argument(
+        "--public-url", help="base of the scoring URIs shown to users (default http://HOST:PORT)"
+    )
+    serve.set_defaults(local=cmd_serve, parser=serve)
 
     deploy = commands.add_parser(
         "deploy", parents=[connection], help="deploy a new service and wait until it is Healthy"

@@ -62,6 +62,10 @@ AuthMode = Literal["key", "token", "none"]
 # webservice names on Azure too (each version of an AKS endpoint is a webservice).
 _SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{1,30}[a-z0-9]")
 _NAME_RULE = "3 to 32 lowercase letters, digits or hyphens, starting with a letter and ending with a letter or digit"
+# Versions may be as short as one letter ("a", "b" in an A/B rollout); they must still be
+# DNS labels, since they name Kubernetes objects.
+_VERSION_NAME = re.compile(r"[a-z]([a-z0-9-]{0,30}[a-z0-9])?")
+_VERSION_RULE = "1 to 32 lowercase letters, digits or hyphens, starting with a letter and ending with a letter or digit"
 # Azure's rules for registered model names; versions use the same characters.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 _MODEL_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -230,7 +234,9 @@ def validate_service_name(name: object) -> str:
 
 def validate_version_name(name: object, key: str = "version") -> str:
     """The name itself if it is a valid version name, else ConfigError naming `key`."""
-    return _check_name(name, key, "version name")
+    if not isinstance(name, str) or not _VERSION_NAME.fullmatch(name):
+        raise ConfigError(key, f"version name {_show(name)} is invalid: use {_VERSION_RULE}")
+    return name
 
 
 def _check_name(name: object, key: str, what: str) -> str:

@@ -25,11 +25,14 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from autoscaler.backends.base import (
     DeploymentKey,
@@ -182,12 +185,10 @@ class _Operation:
     # Versions not handed to the backend yet: the backend still shows what ran before.
     deploying: set[str] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
+    working: bool = True  # its deploys (or deletes) are still being made
+    finished: bool = False
     outcome: ServiceState | None = None
     error: str | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.task is not None and not self.task.done()
 
 
 @dataclass(eq=False)
@@ -239,6 +240,7 @@ class ServiceManager:
         self._persist_task: asyncio.Task[None] | None = None
         if isinstance(backend, SupportsRecycle):
             registry.on_replica_timeout = self._recycle
+        registry.metrics.registry.register(_StateCollector(self))
 
     # -- lifetime ---------------------------------------------------------------------
 
@@ -293,14 +295,13 @@ class ServiceManager:
     def view(self, name: str) -> dict[str, Any]:
         return self._view(self._live(name))
 
+    def states(self) -> dict[str, ServiceState]:
+        """Every service's derived state, by name."""
+        return {view["name"]: view["state"] for view in self.list_views()}
+
     def keys(self, name: str) -> dict[str, str]:
         record = self._live(name).record
         return {"primaryKey": record.primary_key, "secondaryKey": record.secondary_key}
-
-    def state(self, name: str) -> ServiceState:
-        """The derived state of a service (see `_view`)."""
-        state: ServiceState = self._view(self._live(name))["state"]
-        return state
 
     def token(self, name: str) -> dict[str, str]:
         """A fresh access token for a service in token auth mode."""
@@ -689,6 +690,9 @@ class ServiceManager:
         versions: tuple[str, ...],
         work: Callable[[], Awaitable[None]],
     ) -> None:
+        previous = live.operation
+        if previous is not None and previous.task is not None:
+            previous.task.cancel()  # finished already; its task may not have noticed yet
         operation = _Operation(kind, versions, time.monotonic(), deploying=set(versions))
         live.operation = operation
         for version in versions:
@@ -710,45 +714,69 @@ class ServiceManager:
         )
         try:
             await work()
-            while any(
-                self._version_status(live, v)[0] == "Transitioning"
-                for v in operation.versions
-                if live.record.version(v) is not None
-            ):
+            operation.working = False
+            while not self._settle(live, operation):
                 await asyncio.sleep(self._settle_interval)
-            settled = [
-                (v, *self._version_status(live, v))
-                for v in operation.versions
-                if live.record.version(v) is not None
-            ]
-            for version, _, status in settled:
-                if status is not None and status.ready > 0 and version not in live.serving:
-                    live.serving.add(version)
-                    self._publish(live)
-                    logger.info("event=version-serving service=%s version=%s", name, version)
-            states = [state for _, state, _ in settled]
-            operation.outcome = _worst(states) if states else "Healthy"
-            errors = [
-                f"version {v}: {self._version_error(live, v, state, status)}"
-                for v, state, status in settled
-                if state == "Failed"
-            ]
-            operation.error = errors[0] if errors else None
         except asyncio.CancelledError:
-            operation.outcome = "Failed"
-            operation.error = "cancelled"
+            if not operation.finished:
+                logger.info(
+                    "event=operation-cancelled service=%s operation=%s", name, operation.kind
+                )
             raise
         except Exception as error:
             logger.exception("event=operation-error service=%s operation=%s", name, operation.kind)
-            operation.outcome, operation.error = "Failed", f"{operation.kind} failed: {error}"
-        finally:
-            logger.info(
-                "event=operation-settled service=%s operation=%s outcome=%s seconds=%.1f",
-                name,
-                operation.kind,
-                operation.outcome,
-                time.monotonic() - operation.started_at,
-            )
+            self._finish(live, operation, [], f"{operation.kind} failed: {error}")
+
+    def _settle(self, live: _Live, operation: _Operation) -> bool:
+        """Finish `operation` if the versions it deployed have settled; True once finished.
+
+        Whoever looks first notices (the operation's task, or a request reading the
+        state), so a settled state is never shown while changes still get 409.
+        """
+        if operation.finished:
+            return True
+        if operation.working:
+            return False
+        settled = [
+            (v, *self._version_status(live, v))
+            for v in operation.versions
+            if live.record.version(v) is not None
+        ]
+        if any(state == "Transitioning" for _, state, _ in settled):
+            return False
+        for version, _, status in settled:
+            if status is not None and status.ready > 0 and version not in live.serving:
+                live.serving.add(version)
+                self._publish(live)
+                logger.info(
+                    "event=version-serving service=%s version=%s", live.record.name, version
+                )
+        self._finish(live, operation, settled)
+        return True
+
+    def _finish(
+        self,
+        live: _Live,
+        operation: _Operation,
+        settled: list[tuple[str, ServiceState, DeploymentStatus | None]],
+        error: str | None = None,
+    ) -> None:
+        states = [state for _, state, _ in settled]
+        operation.outcome = "Failed" if error else _worst(states)
+        failures = [
+            f"version {v}: {self._version_error(live, v, state, status)}"
+            for v, state, status in settled
+            if state == "Failed"
+        ]
+        operation.error = error or (failures[0] if failures else None)
+        operation.finished = True
+        logger.info(
+            "event=operation-settled service=%s operation=%s outcome=%s seconds=%.1f",
+            live.record.name,
+            operation.kind,
+            operation.outcome,
+            time.monotonic() - operation.started_at,
+        )
 
     def _spawn(self, work: Awaitable[None], name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(work)
@@ -807,7 +835,10 @@ class ServiceManager:
     async def _persist_counts(self) -> None:
         while True:
             await asyncio.sleep(self._persist_interval)
-            self._save_counts()
+            try:
+                self._save_counts()
+            except Exception:
+                logger.exception("event=count-save-error")
 
     def _save_counts(self) -> None:
         """Write the autoscaler's current counts that differ from what the store has."""
@@ -850,9 +881,16 @@ class ServiceManager:
             raise Busy(f"service {name!r} is being deleted: try again when it is gone")
         raise Busy(f"service {name!r} already exists")
 
+    def _busy(self, live: _Live) -> bool:
+        """Whether an operation on the service is in progress."""
+        operation = live.operation
+        if operation is None or operation.task is None or operation.task.done():
+            return False
+        return not self._settle(live, operation)
+
     def _check_idle(self, live: _Live) -> None:
         operation = live.operation
-        if operation is not None and operation.running:
+        if operation is not None and self._busy(live):
             raise Busy(
                 f"service {live.record.name!r} is Transitioning ({operation.kind} in progress):"
                 " try again when it has settled"
@@ -862,7 +900,7 @@ class ServiceManager:
         self, live: _Live, version: str
     ) -> tuple[ServiceState, DeploymentStatus | None]:
         operation = live.operation
-        if operation is not None and operation.running and version in operation.deploying:
+        if operation is not None and not operation.finished and version in operation.deploying:
             return "Transitioning", None
         if version in live.errors:
             return "Failed", None
@@ -884,6 +922,7 @@ class ServiceManager:
         return status.message or None
 
     def _view(self, live: _Live) -> dict[str, Any]:
+        busy = self._busy(live)  # first: a settling operation may change the routes
         record = live.record
         route = self._registry.routes.get(record.name)
         effective = dict(route.traffic.weights) if route is not None else {}
@@ -920,8 +959,6 @@ class ServiceManager:
                     "modelDir": version.model_dir,
                 }
             )
-        operation = live.operation
-        busy = operation is not None and operation.running
         state = _service_state(states, busy)
         error = None
         if state != "Healthy":
@@ -939,6 +976,25 @@ class ServiceManager:
         }
 
 
+class _StateCollector(Collector):
+    """`mlfe_service_state{service, state}`: 1 for the state a service is in, 0 for the
+    others (the enum pattern of kube-state-metrics), read at scrape time."""
+
+    def __init__(self, manager: ServiceManager) -> None:
+        self._manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "mlfe_service_state",
+            "The state of each service (1 for its current state).",
+            labels=["service", "state"],
+        )
+        for name, current in self._manager.states().items():
+            for state in _ALL_STATES:
+                family.add_metric([name, state], 1.0 if state == current else 0.0)
+        yield family
+
+
 # -- pure helpers -------------------------------------------------------------------------
 
 _STATES: dict[DeploymentState, ServiceState] = {
@@ -949,6 +1005,7 @@ _STATES: dict[DeploymentState, ServiceState] = {
     DeploymentState.FAILED: "Failed",
 }
 _ERROR_ORDER: tuple[ServiceState, ...] = ("Failed", "Unschedulable", "Unhealthy")
+_ALL_STATES: tuple[ServiceState, ...] = tuple(_STATES.values())
 
 
 def _service_state(states: list[ServiceState], busy: bool) -> ServiceState:
@@ -1032,16 +1089,14 @@ def _merge(current: DeploymentConfig, changes: Mapping[str, Any]) -> DeploymentC
 
 
 def prefixed(error: ConfigError, prefix: str) -> ConfigError:
-    """`error` with its key (and the key it starts its message with) under `prefix`:
+    """`error` with its key under `prefix`, and a message that starts with the full key:
     "autoScaler.maxReplicas (2) is ..." becomes "deploymentConfig.autoScaler.maxReplicas
-    (2) is ..."."""
+    (2) is ...", other messages are led by "deploymentConfig.KEY: "."""
     key = f"{prefix}.{error.key}" if error.key else prefix
     message = error.message
     if error.key and message.startswith(error.key):
-        message = f"{prefix}.{message}"
-    else:
-        message = f"{prefix}: {message}"
-    return ConfigError(key, message)
+        return ConfigError(key, f"{prefix}.{message}")
+    return ConfigError(key, f"{key}: {message}")
 
 
 def _normalized(deployment: DeploymentConfig, auth_mode: AuthMode) -> DeploymentConfig:

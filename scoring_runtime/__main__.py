@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -38,15 +39,29 @@ _GRACEFUL_SHUTDOWN_CAP_S = 60.0
 _MODEL_LISTING_LIMIT = 50
 
 
+class _StopRequested(BaseException):
+    """SIGTERM/SIGINT arrived before serving started (the server handles them after)."""
+
+
+def _stop_requested(signum: int, frame: object) -> None:
+    raise _StopRequested
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv, os.environ)
     configure_logging()
+    # A replica told to stop while init() runs must still remove its model folder.
+    signal.signal(signal.SIGTERM, _stop_requested)
+    signal.signal(signal.SIGINT, _stop_requested)
     try:
         with model_directory(config.model_dir, config.models) as model_dir:
             return _run(config, model_dir)
     except ModelLayoutError as error:
         log_event("startup_failed", logging.ERROR, reason=error)
         return EXIT_STARTUP_FAILED
+    except _StopRequested:
+        log_event("stopped", pid=os.getpid(), before="ready")
+        return 0
 
 
 def _run(config: RuntimeConfig, model_dir: str | None) -> int:
@@ -69,6 +84,8 @@ def _run(config: RuntimeConfig, model_dir: str | None) -> int:
     )
     try:
         run_init(script)
+    except _StopRequested:
+        raise
     except BaseException as error:
         log_event("init_failed", logging.ERROR, exc_info=error, script=config.entry_script)
         _list_model_dir(model_dir)

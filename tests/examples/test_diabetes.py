@@ -1,11 +1,16 @@
-"""The diabetes example as a user runs it: train, serve with the runtime, score, read swagger."""
+"""The diabetes example as a user runs it: train, serve with the runtime, score, read swagger,
+and `python3 dev.py run` (mlfe serve with the example deployed)."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +31,10 @@ ROWS = [
     [0.085, 0.051, 0.044, -0.006, -0.046, -0.034, -0.033, -0.003, 0.003, -0.026],
 ]
 READY_TIMEOUT_S = 60.0
+RUN_EXAMPLE_TIMEOUT_S = 120.0
+CURL_LINE = re.compile(
+    r"curl -H 'Authorization: Bearer (?P<key>[^']+)' .* (?P<uri>http://\S+/score)\n"
+)
 
 
 @dataclass
@@ -184,24 +193,90 @@ def test_swagger_is_valid_and_its_example_scores(
     assert len(scored.json()) == len(example["data"])
 
 
-def test_run_example_serves_the_example_and_stops_on_sigterm(tmp_path: Path) -> None:
-    # This is `python3 dev.py run`; it trains into examples/diabetes/model (git-ignored)
-    # when no model is there yet, exactly as a user's first run does.
-    port = free_port()
-    log = tmp_path / "run_example.log"
+def wait_for_line(
+    process: subprocess.Popen[bytes], log: Path, pattern: re.Pattern[str]
+) -> re.Match[str]:
+    """The first match of `pattern` in the log; fail if the process exits first."""
+    deadline = time.monotonic() + RUN_EXAMPLE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = pattern.search(log.read_text(errors="replace"))
+        if found:
+            return found
+        if process.poll() is not None:
+            pytest.fail(f"run_example.py exited with {process.returncode}:\n{log.read_text()}")
+        time.sleep(0.1)
+    pytest.fail(
+        f"run_example.py printed no curl line in {RUN_EXAMPLE_TIMEOUT_S} s:\n{log.read_text()}"
+    )
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line mentions `text`: mlfe and the replicas of a state dir."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in command:
+            found.append(int(entry.name))
+    return found
+
+
+def run_example(port: int, state_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFE_")}
     with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "examples" / "run_example.py"), "--port", str(port)],
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "examples" / "run_example.py"),
+                "--port",
+                str(port),
+                "--state-dir",
+                str(state_dir),
+            ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            env=environment,
         )
+
+
+def test_run_example_deploys_on_mlfe_prints_a_working_curl_line_and_stops_cleanly(
+    tmp_path: Path,
+) -> None:
+    # This is `python3 dev.py run`; it trains into examples/diabetes/model (git-ignored)
+    # when no model is there yet, exactly as a user's first run does. The state folder is
+    # the test's own (short: replica sockets live in it), not the repository's .mlfe.
+    port = free_port()
+    state_dir = Path(tempfile.mkdtemp(prefix="mlfe", dir="/tmp"))
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(process, url, log)
-        response = httpx.post(url + "/score", json={"data": ROWS[:1]})
-        assert response.status_code == 200, response.text
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
-        assert f"localhost:{port}/score" in log.read_text()
+        keys = []
+        for run in ("first", "restored"):
+            log = tmp_path / f"run_example_{run}.log"
+            process = run_example(port, state_dir, log)
+            try:
+                curl = wait_for_line(process, log, CURL_LINE)
+                key, uri = curl.group("key"), curl.group("uri")
+                assert uri == f"http://127.0.0.1:{port}/api/v1/service/diabetes/score"
+                response = httpx.post(
+                    uri, json={"data": ROWS[:1]}, headers={"Authorization": f"Bearer {key}"}
+                )
+                assert response.status_code == 200, response.text
+                assert len(response.json()) == 1
+                assert httpx.post(uri, json={"data": ROWS[:1]}).status_code == 401
+                keys.append(key)
+                # SIGTERM reaches mlfe serve, which stops every replica before exiting.
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(timeout=60) == 0, log.read_text()
+                assert processes_mentioning(str(state_dir)) == []
+            finally:
+                stop(process)
+        # The second run found the service in the state folder instead of deploying it.
+        assert "restored" in (tmp_path / "run_example_restored.log").read_text()
+        assert keys[0] == keys[1]
     finally:
-        stop(process)
+        for pid in processes_mentioning(str(state_dir)):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(state_dir, ignore_errors=True)

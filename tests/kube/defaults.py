@@ -8,6 +8,7 @@ canonical quantities, and so on.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -49,10 +50,9 @@ def _container(container: MutableMapping[str, Any]) -> None:
         values = resources.get(section)
         if isinstance(values, MutableMapping):
             for name, value in list(values.items()):
-                try:
+                # An unparsable quantity is left for validation to report.
+                with contextlib.suppress(quantity.QuantityError):
                     values[name] = quantity.canonical(value)
-                except quantity.QuantityError:
-                    pass  # validation reports it
     limits = resources.get("limits")
     if isinstance(limits, MutableMapping) and limits:
         # Limits without requests: the request defaults to the limit.
@@ -90,8 +90,18 @@ def pod(obj: MutableMapping[str, Any]) -> None:
     spec.setdefault(
         "tolerations",
         [
-            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
-            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            {
+                "key": "node.kubernetes.io/not-ready",
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": 300,
+            },
+            {
+                "key": "node.kubernetes.io/unreachable",
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": 300,
+            },
         ],
     )
 

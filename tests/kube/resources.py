@@ -57,15 +57,107 @@ class ResourceType:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
-NAMESPACES = ResourceType("", "v1", "namespaces", "Namespace", False, frozenset({"get", "list", "watch", "create"}), defaults.namespace, validation.namespace, NAMESPACE_FIELDS, has_status=True)
-CONFIGMAPS = ResourceType("", "v1", "configmaps", "ConfigMap", True, ALL_VERBS, defaults.none, validation.configmap, COMMON_FIELDS)
-SECRETS = ResourceType("", "v1", "secrets", "Secret", True, ALL_VERBS, defaults.secret, validation.secret, SECRET_FIELDS)
-SERVICES = ResourceType("", "v1", "services", "Service", True, ALL_VERBS, defaults.service, validation.service, COMMON_FIELDS, frozenset({"status"}), has_status=True, returns_deleted_object=True)
-PODS = ResourceType("", "v1", "pods", "Pod", True, ALL_VERBS, defaults.pod, validation.pod, POD_FIELDS, frozenset({"status", "log"}), has_status=True, returns_deleted_object=True)
-EVENTS = ResourceType("", "v1", "events", "Event", True, ALL_VERBS, defaults.none, validation.event, EVENT_FIELDS)
-DEPLOYMENTS = ResourceType("apps", "v1", "deployments", "Deployment", True, ALL_VERBS, defaults.deployment, validation.deployment, COMMON_FIELDS, frozenset({"status", "scale"}), has_status=True, has_generation=True)
-ENDPOINTSLICES = ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True, READ_VERBS, defaults.none, validation.endpointslice, COMMON_FIELDS)
-LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True, ALL_VERBS, defaults.none, validation.lease, COMMON_FIELDS)
+NAMESPACES = ResourceType(
+    "",
+    "v1",
+    "namespaces",
+    "Namespace",
+    False,
+    frozenset({"get", "list", "watch", "create"}),
+    defaults.namespace,
+    validation.namespace,
+    NAMESPACE_FIELDS,
+    has_status=True,
+)
+CONFIGMAPS = ResourceType(
+    "",
+    "v1",
+    "configmaps",
+    "ConfigMap",
+    True,
+    ALL_VERBS,
+    defaults.none,
+    validation.configmap,
+    COMMON_FIELDS,
+)
+SECRETS = ResourceType(
+    "",
+    "v1",
+    "secrets",
+    "Secret",
+    True,
+    ALL_VERBS,
+    defaults.secret,
+    validation.secret,
+    SECRET_FIELDS,
+)
+SERVICES = ResourceType(
+    "",
+    "v1",
+    "services",
+    "Service",
+    True,
+    ALL_VERBS,
+    defaults.service,
+    validation.service,
+    COMMON_FIELDS,
+    frozenset({"status"}),
+    has_status=True,
+    returns_deleted_object=True,
+)
+PODS = ResourceType(
+    "",
+    "v1",
+    "pods",
+    "Pod",
+    True,
+    ALL_VERBS,
+    defaults.pod,
+    validation.pod,
+    POD_FIELDS,
+    frozenset({"status", "log"}),
+    has_status=True,
+    returns_deleted_object=True,
+)
+EVENTS = ResourceType(
+    "", "v1", "events", "Event", True, ALL_VERBS, defaults.none, validation.event, EVENT_FIELDS
+)
+DEPLOYMENTS = ResourceType(
+    "apps",
+    "v1",
+    "deployments",
+    "Deployment",
+    True,
+    ALL_VERBS,
+    defaults.deployment,
+    validation.deployment,
+    COMMON_FIELDS,
+    frozenset({"status", "scale"}),
+    has_status=True,
+    has_generation=True,
+)
+ENDPOINTSLICES = ResourceType(
+    "discovery.k8s.io",
+    "v1",
+    "endpointslices",
+    "EndpointSlice",
+    True,
+    READ_VERBS,
+    defaults.none,
+    validation.endpointslice,
+    COMMON_FIELDS,
+)
+LEASES = ResourceType(
+    "coordination.k8s.io",
+    "v1",
+    "leases",
+    "Lease",
+    True,
+    ALL_VERBS,
+    defaults.none,
+    validation.lease,
+    COMMON_FIELDS,
+)
 
 ALL = (NAMESPACES, CONFIGMAPS, SECRETS, SERVICES, PODS, EVENTS, DEPLOYMENTS, ENDPOINTSLICES, LEASES)
 BY_PATH: dict[tuple[str, str, str], ResourceType] = {(r.group, r.version, r.plural): r for r in ALL}

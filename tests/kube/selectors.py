@@ -116,7 +116,9 @@ def _parse_requirement(part: str) -> Requirement:
         key, operator, value = comparison.groups()
         if operator in ("<", ">"):
             if not re.fullmatch(r"-?\d+", value):
-                raise bad_request(f"unable to parse requirement: for 'Gt', 'Lt' operators, the value must be an integer: {part.strip()}")
+                raise bad_request(
+                    f"unable to parse requirement: for 'Gt', 'Lt' operators, the value must be an integer: {part.strip()}"
+                )
             return Requirement(key, "gt" if operator == ">" else "lt", (value,))
         return Requirement(key, "notin" if operator == "!=" else "in", (value,))
     exists = _EXISTS.match(part)
@@ -138,7 +140,9 @@ def from_label_selector_object(selector: Mapping[str, Any] | None) -> LabelSelec
     for expression in selector.get("matchExpressions") or []:
         operator = operators.get(expression.get("operator", ""))
         if operator is None:
-            raise bad_request(f"{expression.get('operator')!r} is not a valid label selector operator")
+            raise bad_request(
+                f"{expression.get('operator')!r} is not a valid label selector operator"
+            )
         requirements.append(
             Requirement(expression["key"], operator, tuple(expression.get("values") or ()))
         )
@@ -179,7 +183,7 @@ def parse_field_selector(text: str | None, supported: Mapping[str, FieldGetter])
             raise bad_request(f"invalid selector: '{text}'; can't understand '{part}'")
         name, operator, value = match.groups()
         if name not in supported:
-            raise ApiError(400, "BadRequest", f'field label not supported: {name}')
+            raise ApiError(400, "BadRequest", f"field label not supported: {name}")
         terms.append((name, operator != "!=", value))
     return FieldSelector(tuple(terms))
 
@@ -229,4 +233,7 @@ EVENT_FIELDS: dict[str, FieldGetter] = {
 
 SECRET_FIELDS: dict[str, FieldGetter] = {**COMMON_FIELDS, "type": _path("type")}
 
-NAMESPACE_FIELDS: dict[str, FieldGetter] = {**COMMON_FIELDS, "status.phase": _path("status", "phase")}
+NAMESPACE_FIELDS: dict[str, FieldGetter] = {
+    **COMMON_FIELDS,
+    "status.phase": _path("status", "phase"),
+}

@@ -58,7 +58,9 @@ class Store:
         """The stored object itself, for read-only use by in-process controllers."""
         return self._objects.get(resource.key, {}).get((namespace, name))
 
-    def items(self, resource: ResourceType, namespace: str | None = None) -> Iterator[dict[str, Any]]:
+    def items(
+        self, resource: ResourceType, namespace: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Stored objects in key order (namespace, name), as etcd lists them; read-only."""
         table = self._objects.get(resource.key, {})
         for key in sorted(table):
@@ -132,4 +134,3 @@ class Store:
         """Call `listener` synchronously on every write; returns the unsubscribe function."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
-

@@ -19,7 +19,9 @@ from tests.kube.selectors import from_label_selector_object
 from tests.kube.status import ApiError, FieldError
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -89,7 +91,9 @@ def qualified_name(key: str, path: str) -> list[FieldError]:
     if not name:
         errors.append(FieldError("Invalid", path, "name part must be non-empty", key))
     elif len(name) > 63:
-        errors.append(FieldError("Invalid", path, "name part must be no more than 63 characters", key))
+        errors.append(
+            FieldError("Invalid", path, "name part must be no more than 63 characters", key)
+        )
     elif not _QUALIFIED_NAME.match(name):
         errors.append(
             FieldError(
@@ -146,14 +150,20 @@ def metadata(obj: Mapping[str, Any], name_rule: str) -> list[FieldError]:
     errors += labels(meta.get("labels"), "metadata.labels")
     annotations = meta.get("annotations") or {}
     if not isinstance(annotations, Mapping):
-        errors.append(FieldError("Invalid", "metadata.annotations", "must be a map of strings", annotations))
+        errors.append(
+            FieldError("Invalid", "metadata.annotations", "must be a map of strings", annotations)
+        )
     else:
         for key in annotations:
             errors += qualified_name(key, "metadata.annotations")
         size = sum(len(k) + len(str(v)) for k, v in annotations.items())
         if size > MAX_ANNOTATIONS_SIZE:
             errors.append(
-                FieldError("TooLong", "metadata.annotations", f"must have at most {MAX_ANNOTATIONS_SIZE} bytes")
+                FieldError(
+                    "TooLong",
+                    "metadata.annotations",
+                    f"must have at most {MAX_ANNOTATIONS_SIZE} bytes",
+                )
             )
     return errors
 
@@ -162,7 +172,9 @@ def _config_keys(data: Mapping[str, Any] | None, path: str) -> list[FieldError]:
     errors = []
     for key in data or {}:
         if len(key) > 253:
-            errors.append(FieldError("Invalid", f"{path}[{key}]", "must be no more than 253 characters", key))
+            errors.append(
+                FieldError("Invalid", f"{path}[{key}]", "must be no more than 253 characters", key)
+            )
         if not _CONFIG_KEY.match(key):
             errors.append(FieldError("Invalid", f"{path}[{key}]", CONFIG_KEY_MESSAGE, key))
     return errors
@@ -174,7 +186,9 @@ def configmap(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[Fie
     binary = obj.get("binaryData") or {}
     errors += _config_keys(data, "data") + _config_keys(binary, "binaryData")
     for key in set(data) & set(binary):
-        errors.append(FieldError("Invalid", f"data[{key}]", "duplicate of key present in binaryData", key))
+        errors.append(
+            FieldError("Invalid", f"data[{key}]", "duplicate of key present in binaryData", key)
+        )
     for key, value in data.items():
         if not isinstance(value, str):
             errors.append(FieldError("Invalid", f"data[{key}]", "must be a string", value))
@@ -201,7 +215,11 @@ def secret(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldE
     for key, value in data.items():
         decoded = _decode(value)
         if decoded is None:
-            errors.append(FieldError("Invalid", f"data[{key}]", "illegal base64 data", "<secret contents redacted>"))
+            errors.append(
+                FieldError(
+                    "Invalid", f"data[{key}]", "illegal base64 data", "<secret contents redacted>"
+                )
+            )
         else:
             size += len(decoded)
     if size > MAX_CONFIG_SIZE:
@@ -218,9 +236,13 @@ def _immutable_data(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> li
     errors = []
     for field in ("data", "binaryData", "stringData"):
         if (obj.get(field) or {}) != (old.get(field) or {}):
-            errors.append(FieldError("Forbidden", field, "field is immutable when `immutable` is set"))
+            errors.append(
+                FieldError("Forbidden", field, "field is immutable when `immutable` is set")
+            )
     if not obj.get("immutable"):
-        errors.append(FieldError("Forbidden", "immutable", "field is immutable when `immutable` is set"))
+        errors.append(
+            FieldError("Forbidden", "immutable", "field is immutable when `immutable` is set")
+        )
     return errors
 
 
@@ -233,10 +255,19 @@ def lease(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldEr
     spec = obj.get("spec") or {}
     duration = spec.get("leaseDurationSeconds")
     if duration is not None and (not isinstance(duration, int) or duration <= 0):
-        errors.append(FieldError("Invalid", "spec.leaseDurationSeconds", "must be greater than 0", duration))
+        errors.append(
+            FieldError("Invalid", "spec.leaseDurationSeconds", "must be greater than 0", duration)
+        )
     transitions = spec.get("leaseTransitions")
     if transitions is not None and (not isinstance(transitions, int) or transitions < 0):
-        errors.append(FieldError("Invalid", "spec.leaseTransitions", "must be greater than or equal to 0", transitions))
+        errors.append(
+            FieldError(
+                "Invalid",
+                "spec.leaseTransitions",
+                "must be greater than or equal to 0",
+                transitions,
+            )
+        )
     return errors
 
 
@@ -245,14 +276,28 @@ def event(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldEr
     involved = obj.get("involvedObject") or {}
     meta = obj.get("metadata") or {}
     if involved.get("namespace") and involved.get("namespace") != meta.get("namespace"):
-        errors.append(FieldError("Invalid", "involvedObject.namespace", "does not match event.namespace", involved.get("namespace")))
+        errors.append(
+            FieldError(
+                "Invalid",
+                "involvedObject.namespace",
+                "does not match event.namespace",
+                involved.get("namespace"),
+            )
+        )
     return errors
 
 
 def endpointslice(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
     errors = metadata(obj, "subdomain")
     if obj.get("addressType") not in ("IPv4", "IPv6", "FQDN"):
-        errors.append(FieldError("NotSupported", "addressType", 'supported values: "FQDN", "IPv4", "IPv6"', obj.get("addressType")))
+        errors.append(
+            FieldError(
+                "NotSupported",
+                "addressType",
+                'supported values: "FQDN", "IPv4", "IPv6"',
+                obj.get("addressType"),
+            )
+        )
     return errors
 
 
@@ -276,22 +321,38 @@ def service(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[Field
             names.add(name)
         errors += _port_number(port.get("port"), f"{path}.port")
         if port.get("protocol") not in ("TCP", "UDP", "SCTP"):
-            errors.append(FieldError("NotSupported", f"{path}.protocol", 'supported values: "SCTP", "TCP", "UDP"', port.get("protocol")))
+            errors.append(
+                FieldError(
+                    "NotSupported",
+                    f"{path}.protocol",
+                    'supported values: "SCTP", "TCP", "UDP"',
+                    port.get("protocol"),
+                )
+            )
         target = port.get("targetPort")
         if isinstance(target, int):
             errors += _port_number(target, f"{path}.targetPort")
         elif isinstance(target, str) and not _iana_service_name(target):
-            errors.append(FieldError("Invalid", f"{path}.targetPort", "must be an IANA_SVC_NAME", target))
+            errors.append(
+                FieldError("Invalid", f"{path}.targetPort", "must be an IANA_SVC_NAME", target)
+            )
     errors += labels(spec.get("selector"), "spec.selector")
     if old is not None:
         old_ip = (old.get("spec") or {}).get("clusterIP")
         if old_ip and spec.get("clusterIP") != old_ip:
-            errors.append(FieldError("Invalid", "spec.clusterIP", "field is immutable", spec.get("clusterIP")))
+            errors.append(
+                FieldError("Invalid", "spec.clusterIP", "field is immutable", spec.get("clusterIP"))
+            )
     return errors
 
 
 def _iana_service_name(name: str) -> bool:
-    return len(name) <= 15 and bool(_IANA_SVC_NAME.match(name)) and "--" not in name and any(c.isalpha() for c in name)
+    return (
+        len(name) <= 15
+        and bool(_IANA_SVC_NAME.match(name))
+        and "--" not in name
+        and any(c.isalpha() for c in name)
+    )
 
 
 def _port_number(value: Any, path: str) -> list[FieldError]:
@@ -315,7 +376,9 @@ def _pod_spec_update(spec: Mapping[str, Any], old: Mapping[str, Any]) -> list[Fi
         stripped = dict(s)
         stripped.pop("activeDeadlineSeconds", None)
         stripped.pop("tolerations", None)
-        stripped["containers"] = [{k: v for k, v in c.items() if k != "image"} for c in s.get("containers") or []]
+        stripped["containers"] = [
+            {k: v for k, v in c.items() if k != "image"} for c in s.get("containers") or []
+        ]
         return stripped
 
     if mutable_stripped(spec) != mutable_stripped(old):
@@ -355,10 +418,24 @@ def pod_spec(spec: Mapping[str, Any], path: str) -> list[FieldError]:
             errors += _container(container, f"{path}.{group}[{index}]", volumes, names)
     restart = spec.get("restartPolicy", "Always")
     if restart not in ("Always", "OnFailure", "Never"):
-        errors.append(FieldError("NotSupported", f"{path}.restartPolicy", 'supported values: "Always", "OnFailure", "Never"', restart))
+        errors.append(
+            FieldError(
+                "NotSupported",
+                f"{path}.restartPolicy",
+                'supported values: "Always", "OnFailure", "Never"',
+                restart,
+            )
+        )
     grace = spec.get("terminationGracePeriodSeconds")
     if grace is not None and (not isinstance(grace, int) or grace < 0):
-        errors.append(FieldError("Invalid", f"{path}.terminationGracePeriodSeconds", "must be greater than or equal to 0", grace))
+        errors.append(
+            FieldError(
+                "Invalid",
+                f"{path}.terminationGracePeriodSeconds",
+                "must be greater than or equal to 0",
+                grace,
+            )
+        )
     return errors
 
 
@@ -367,7 +444,11 @@ def _volume_source(volume: Mapping[str, Any], path: str) -> list[FieldError]:
     if not sources:
         return [FieldError("Required", path, "must specify a volume type")]
     if len(sources) > 1:
-        return [FieldError("Forbidden", f"{path}.{sources[1]}", "may not specify more than 1 volume type")]
+        return [
+            FieldError(
+                "Forbidden", f"{path}.{sources[1]}", "may not specify more than 1 volume type"
+            )
+        ]
     errors = []
     source = volume[sources[0]] or {}
     if sources[0] == "configMap" and not source.get("name"):
@@ -385,11 +466,20 @@ def _volume_source(volume: Mapping[str, Any], path: str) -> list[FieldError]:
         if not item_path:
             errors.append(FieldError("Required", f"{path}.{sources[0]}.items[{index}].path", ""))
         elif item_path.startswith("/") or ".." in item_path.split("/"):
-            errors.append(FieldError("Invalid", f"{path}.{sources[0]}.items[{index}].path", "must be a relative path without '..'", item_path))
+            errors.append(
+                FieldError(
+                    "Invalid",
+                    f"{path}.{sources[0]}.items[{index}].path",
+                    "must be a relative path without '..'",
+                    item_path,
+                )
+            )
     return errors
 
 
-def _container(container: Mapping[str, Any], path: str, volumes: set[str], names: set[str]) -> list[FieldError]:
+def _container(
+    container: Mapping[str, Any], path: str, volumes: set[str], names: set[str]
+) -> list[FieldError]:
     errors: list[FieldError] = []
     name = container.get("name") or ""
     if not name:
@@ -408,7 +498,14 @@ def _container(container: Mapping[str, Any], path: str, volumes: set[str], names
         port_name = port.get("name")
         if port_name:
             if not _iana_service_name(port_name):
-                errors.append(FieldError("Invalid", f"{ppath}.name", "must be no more than 15 characters and an IANA_SVC_NAME", port_name))
+                errors.append(
+                    FieldError(
+                        "Invalid",
+                        f"{ppath}.name",
+                        "must be no more than 15 characters and an IANA_SVC_NAME",
+                        port_name,
+                    )
+                )
             if port_name in port_names:
                 errors.append(FieldError("Duplicate", f"{ppath}.name", "", port_name))
             port_names.add(port_name)
@@ -424,7 +521,14 @@ def _container(container: Mapping[str, Any], path: str, volumes: set[str], names
                 )
             )
         if "value" in variable and "valueFrom" in variable:
-            errors.append(FieldError("Invalid", f"{path}.env[{index}].valueFrom", "may not be specified when `value` is not empty", ""))
+            errors.append(
+                FieldError(
+                    "Invalid",
+                    f"{path}.env[{index}].valueFrom",
+                    "may not be specified when `value` is not empty",
+                    "",
+                )
+            )
     mount_paths: set[str] = set()
     for index, mount in enumerate(container.get("volumeMounts") or []):
         mpath = f"{path}.volumeMounts[{index}]"
@@ -456,7 +560,9 @@ def _resources(resources: Mapping[str, Any], path: str) -> list[FieldError]:
                 errors.append(FieldError("Invalid", rpath, str(error), value))
                 continue
             if amount < 0:
-                errors.append(FieldError("Invalid", rpath, "must be greater than or equal to 0", value))
+                errors.append(
+                    FieldError("Invalid", rpath, "must be greater than or equal to 0", value)
+                )
             parsed.setdefault(section, {})[resource] = amount
     for resource, request in parsed.get("requests", {}).items():
         limit = parsed.get("limits", {}).get(resource)
@@ -480,15 +586,31 @@ def _probe(probe: Mapping[str, Any], path: str, port_names: set[str]) -> list[Fi
     for key in ("periodSeconds", "timeoutSeconds", "successThreshold", "failureThreshold"):
         value = probe.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
-            errors.append(FieldError("Invalid", f"{path}.{key}", "must be greater than or equal to 1", value))
+            errors.append(
+                FieldError("Invalid", f"{path}.{key}", "must be greater than or equal to 1", value)
+            )
     delay = probe.get("initialDelaySeconds")
     if delay is not None and (not isinstance(delay, int) or delay < 0):
-        errors.append(FieldError("Invalid", f"{path}.initialDelaySeconds", "must be greater than or equal to 0", delay))
+        errors.append(
+            FieldError(
+                "Invalid",
+                f"{path}.initialDelaySeconds",
+                "must be greater than or equal to 0",
+                delay,
+            )
+        )
     for handler in ("httpGet", "tcpSocket"):
         if handler in probe:
             port = (probe[handler] or {}).get("port")
             if isinstance(port, str) and not port.isdigit() and not _iana_service_name(port):
-                errors.append(FieldError("Invalid", f"{path}.{handler}.port", "must contain at least one letter or number (a-z, 0-9)", port))
+                errors.append(
+                    FieldError(
+                        "Invalid",
+                        f"{path}.{handler}.port",
+                        "must contain at least one letter or number (a-z, 0-9)",
+                        port,
+                    )
+                )
             elif port is None:
                 errors.append(FieldError("Required", f"{path}.{handler}.port", ""))
     return errors
@@ -499,12 +621,21 @@ def deployment(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[Fi
     spec = obj.get("spec") or {}
     replicas = spec.get("replicas")
     if not isinstance(replicas, int) or replicas < 0:
-        errors.append(FieldError("Invalid", "spec.replicas", "must be greater than or equal to 0", replicas))
+        errors.append(
+            FieldError("Invalid", "spec.replicas", "must be greater than or equal to 0", replicas)
+        )
     selector = spec.get("selector")
     template = spec.get("template") or {}
     template_labels = (template.get("metadata") or {}).get("labels") or {}
     if not selector or not (selector.get("matchLabels") or selector.get("matchExpressions")):
-        errors.append(FieldError("Invalid", "spec.selector", "empty selector is invalid for deployment", selector or {}))
+        errors.append(
+            FieldError(
+                "Invalid",
+                "spec.selector",
+                "empty selector is invalid for deployment",
+                selector or {},
+            )
+        )
     else:
         errors += labels(selector.get("matchLabels"), "spec.selector.matchLabels")
         try:
@@ -512,23 +643,57 @@ def deployment(obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[Fi
         except ApiError:
             matches = False
         if not matches:
-            errors.append(FieldError("Invalid", "spec.template.metadata.labels", "`selector` does not match template `labels`", template_labels))
+            errors.append(
+                FieldError(
+                    "Invalid",
+                    "spec.template.metadata.labels",
+                    "`selector` does not match template `labels`",
+                    template_labels,
+                )
+            )
     errors += labels(template_labels, "spec.template.metadata.labels")
     template_spec = template.get("spec") or {}
     errors += pod_spec(template_spec, "spec.template.spec")
     if template_spec.get("restartPolicy", "Always") != "Always":
-        errors.append(FieldError("NotSupported", "spec.template.spec.restartPolicy", 'supported values: "Always"', template_spec.get("restartPolicy")))
+        errors.append(
+            FieldError(
+                "NotSupported",
+                "spec.template.spec.restartPolicy",
+                'supported values: "Always"',
+                template_spec.get("restartPolicy"),
+            )
+        )
     strategy = spec.get("strategy") or {}
     if strategy.get("type") not in ("RollingUpdate", "Recreate"):
-        errors.append(FieldError("NotSupported", "spec.strategy.type", 'supported values: "Recreate", "RollingUpdate"', strategy.get("type")))
+        errors.append(
+            FieldError(
+                "NotSupported",
+                "spec.strategy.type",
+                'supported values: "Recreate", "RollingUpdate"',
+                strategy.get("type"),
+            )
+        )
     rolling = strategy.get("rollingUpdate") or {}
     if strategy.get("type") == "Recreate" and strategy.get("rollingUpdate"):
-        errors.append(FieldError("Forbidden", "spec.strategy.rollingUpdate", "may not be specified when strategy `type` is 'Recreate'"))
+        errors.append(
+            FieldError(
+                "Forbidden",
+                "spec.strategy.rollingUpdate",
+                "may not be specified when strategy `type` is 'Recreate'",
+            )
+        )
     if strategy.get("type") == "RollingUpdate":
         surge = rolling.get("maxSurge")
         unavailable = rolling.get("maxUnavailable")
         if _is_zero(surge) and _is_zero(unavailable):
-            errors.append(FieldError("Invalid", "spec.strategy.rollingUpdate.maxUnavailable", "may not be 0 when `maxSurge` is 0", unavailable))
+            errors.append(
+                FieldError(
+                    "Invalid",
+                    "spec.strategy.rollingUpdate.maxUnavailable",
+                    "may not be 0 when `maxSurge` is 0",
+                    unavailable,
+                )
+            )
     if old is not None:
         old_selector = (old.get("spec") or {}).get("selector")
         if selector != old_selector:
@@ -543,7 +708,9 @@ def _is_zero(value: Any) -> bool:
 def scale(obj: Mapping[str, Any]) -> list[FieldError]:
     replicas = (obj.get("spec") or {}).get("replicas", 0)
     if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-        return [FieldError("Invalid", "spec.replicas", "must be greater than or equal to 0", replicas)]
+        return [
+            FieldError("Invalid", "spec.replicas", "must be greater than or equal to 0", replicas)
+        ]
     return []
 
 

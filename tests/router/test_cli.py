@@ -273,6 +273,11 @@ def test_show_prints_state_uris_and_versions(mlfe: Mlfe, deployed: Result) -> No
 def test_list_shows_every_service(mlfe: Mlfe, deployed: Result) -> None:
     names = [service["name"] for service in mlfe.ok("service", "list", "--json").json()]
     assert "alpha" in names
+    # The flags do what the environment variables do (the key comes from STATE/admin.key).
+    flags = ("--url", mlfe.server.url, "--state-dir", str(mlfe.server.state_dir))
+    by_flags = mlfe(*flags, "service", "list", "--json", environment=clean_environment())
+    assert by_flags.code == 0, by_flags.err
+    assert [service["name"] for service in by_flags.json()] == names
     table = mlfe.ok("service", "list").out.splitlines()
     assert table[0].split()[:2] == ["NAME", "STATE"]
     assert any(line.split()[:2] == ["alpha", "Healthy"] for line in table[1:])
@@ -351,14 +356,14 @@ def test_deploy_no_wait_returns_while_transitioning_and_token_auth_works(
 def test_a_version_rolls_out_takes_traffic_becomes_default_and_is_removed(
     mlfe: Mlfe, project: Project, deployed: Result
 ) -> None:
-    ic = project.write_ic("b-ic.json", "behave_score.py", {"MLFE_TEST_VERSION": "b"})
+    ic = project.write_ic("green-ic.json", "behave_score.py", {"MLFE_TEST_VERSION": "green"})
     dc = project.write_dc("fast-dc.json", FAST_DC)
     created = mlfe(
         "endpoint",
         "create-version",
         "alpha",
         "--version",
-        "b",
+        "green",
         "--ic",
         str(ic),
         "--dc",
@@ -370,30 +375,32 @@ def test_a_version_rolls_out_takes_traffic_becomes_default_and_is_removed(
     assert "Succeeded" in created.err
 
     versions = {version["name"]: version for version in mlfe.show("alpha")["versions"]}
-    assert versions["b"]["trafficPercentile"] == 30
-    assert versions["b"]["isDefault"] is False
+    assert versions["green"]["trafficPercentile"] == 30
+    assert versions["green"]["isDefault"] is False
     assert versions["alpha"]["effectiveTrafficPercentile"] == 70
     uri = mlfe.show("alpha")["scoringUri"]
     key = mlfe.keys("alpha")["primaryKey"]
-    pinned = score(uri, key, {}, headers={VERSION_HEADER: "b"})
+    pinned = score(uri, key, {}, headers={VERSION_HEADER: "green"})
     assert pinned.status_code == 200, pinned.text
-    assert pinned.json()["version"] == "b"
-    assert pinned.headers[VERSION_HEADER] == "b"
+    assert pinned.json()["version"] == "green"
+    assert pinned.headers[VERSION_HEADER] == "green"
 
-    mlfe.ok("endpoint", "update-version", "alpha", "--version", "b", "--traffic", "40", "--default")
+    promote = ("--version", "green", "--traffic", "40", "--default")
+    mlfe.ok("endpoint", "update-version", "alpha", *promote)
     versions = {version["name"]: version for version in mlfe.show("alpha")["versions"]}
-    assert versions["b"]["isDefault"] is True
+    assert versions["green"]["isDefault"] is True
+    assert versions["green"]["trafficPercentile"] == 40
     assert versions["alpha"]["isDefault"] is False
     shown = mlfe.ok("service", "show", "alpha").out
-    assert any(line.split()[:2] == ["b", "yes"] for line in shown.splitlines())
+    assert any(line.split()[:2] == ["green", "yes"] for line in shown.splitlines())
 
     # The default version cannot go; the message says what to do instead.
-    refused = mlfe("endpoint", "delete-version", "alpha", "--version", "b")
+    refused = mlfe("endpoint", "delete-version", "alpha", "--version", "green")
     assert refused.code == 1
     assert "default" in refused.err
 
     mlfe.ok("endpoint", "update-version", "alpha", "--version", "alpha", "--default")
-    mlfe.ok("endpoint", "delete-version", "alpha", "--version", "b")
+    mlfe.ok("endpoint", "delete-version", "alpha", "--version", "green")
     view = mlfe.show("alpha")
     assert [version["name"] for version in view["versions"]] == ["alpha"]
     assert view["state"] == "Healthy"

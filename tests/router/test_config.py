@@ -628,14 +628,26 @@ def test_valid_names(name: str) -> None:
 @pytest.mark.parametrize(
     "name", ["ab", "a" * 33, "Diabetes", "1abc", "-abc", "abc-", "my_service", "a b c", "", None, 7]
 )
-def test_invalid_names(name: object) -> None:
+def test_invalid_service_names(name: object) -> None:
     with pytest.raises(ConfigError) as caught:
         validate_service_name(name)
     assert caught.value.key == "name"
     assert "3 to 32 lowercase letters" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["a", "b", "v2", "ab"])
+def test_versions_may_be_short(name: str) -> None:
+    assert validate_version_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["a" * 33, "Blue", "1abc", "-abc", "abc-", "my_version", "a b", "", None, 7]
+)
+def test_invalid_version_names(name: object) -> None:
     with pytest.raises(ConfigError) as caught:
         validate_version_name(name, "versionName")
     assert caught.value.key == "versionName"
+    assert "1 to 32 lowercase letters" in str(caught.value)
 
 
 def test_model_ref_parses_name_version_path() -> None:

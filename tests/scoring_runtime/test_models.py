@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ from tests.helpers.runtime_proc import start_runtime
 from tests.scoring_runtime.conftest import SCRIPTS
 
 PROBE = SCRIPTS / "env_probe.py"
+SLOW_INIT = SCRIPTS / "slow_init_reports_model_dir.py"
 
 
 @pytest.fixture()
@@ -107,3 +112,36 @@ def test_environment_variables_configure_the_runtime(tmp_path: Path) -> None:
         assert result["entry_script"] == str(PROBE)
         assert "slots=3" in runtime.ready_line
         assert "timeout_ms=1234" in runtime.ready_line
+
+
+def test_model_layout_is_removed_when_stopped_during_init(model_files, tmp_path: Path) -> None:
+    report = tmp_path / "model_dir.txt"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "scoring_runtime",
+            "--entry-script",
+            str(SLOW_INIT),
+            "--model",
+            f"m:1:{model_files['file']}",
+            "--port",
+            "0",
+        ],
+        env={**os.environ, "MODEL_DIR_REPORT": str(report)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not report.exists() or not report.read_text():
+            assert time.monotonic() < deadline, "init() never started"
+            time.sleep(0.05)
+        model_dir = Path(report.read_text())
+        assert model_dir.exists()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        assert not model_dir.exists()
+    finally:
+        process.kill()
+        process.wait()

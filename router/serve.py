@@ -1,0 +1,338 @@
+"""`mlfe serve`: the whole product in one process on one machine.
+
+The router (data plane, management API, /metrics), the autoscaler's control loop and the
+replica backend, wired around a store in the state directory:
+
+    STATE/admin.key    the management API's key (mode 0600), unless MLFE_ADMIN_KEY is set
+    STATE/mlfe.db      services, versions, keys, replica counts (SQLite)
+    STATE/replicas/    the local backend's sockets and replica logs
+
+On start every stored service is restored; on SIGTERM or SIGINT the router stops taking
+requests, lets those in flight finish, then stops every replica, so nothing outlives it.
+A SIGKILL loses nothing either: the store is committed per change, and replicas die with
+their parent (the local backend sets a parent-death signal).
+
+    python -m router.serve --state-dir /tmp/mlfe --port 8080
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Literal
+
+import uvicorn
+from starlette.routing import Mount
+
+from autoscaler.backends.base import ReplicaBackend
+from autoscaler.backends.local import LocalBackend
+from autoscaler.loop import ControlLoop
+from router.app import create_app
+from router.auth import generate_key
+from router.dataplane import DEFAULT_MAX_BODY, DataPlane
+from router.manage import PREFIX, create_manage_app
+from router.metrics import RouterMetrics
+from router.registry import Registry
+from router.replicas import RegistryReplicaSink
+from router.server import bind_tcp, uvicorn_server
+from router.services import ServiceManager
+from router.store import SqliteStore, Store, StoreError
+
+logger = logging.getLogger("mlfe.serve")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_STATE_DIR = Path("~/.mlfe")
+ADMIN_KEY_ENV = "MLFE_ADMIN_KEY"
+ADMIN_KEY_FILE = "admin.key"
+STORE_FILE = "mlfe.db"
+BACKENDS = ("local", "kubernetes")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+BackendName = Literal["local", "kubernetes"]
+
+
+class ServeError(Exception):
+    """mlfe cannot start; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How `mlfe serve` runs. `public_url` is the base of the scoring URIs it hands out
+    (default: http://HOST:PORT, with this machine's name when bound to every address)."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    state_dir: Path = DEFAULT_STATE_DIR
+    backend: BackendName = "local"
+    log_level: str = "info"
+    max_body: int = DEFAULT_MAX_BODY
+    public_url: str | None = None
+
+
+@dataclass(eq=False)
+class Assembly:
+    """The running pieces of one router, in the order they are closed."""
+
+    app: DataPlane
+    manager: ServiceManager
+    control_loop: ControlLoop
+    backend: ReplicaBackend
+    store: Store
+    registry: Registry
+    admin_key: str
+    state_dir: Path
+
+    async def close(self) -> None:
+        """Stop the autoscaler, then every replica, then close the store."""
+        try:
+            await self.manager.close()
+            await self.control_loop.close()
+        finally:
+            try:
+                await self.backend.close()
+            finally:
+                self.store.close()
+
+
+def prepare_state_dir(path: Path) -> Path:
+    """The state directory, absolute, created private (0700) if it does not exist."""
+    state_dir = path.expanduser().absolute()
+    if not state_dir.exists():
+        try:
+            state_dir.mkdir(mode=0o700, parents=True)
+        except OSError as error:
+            raise ServeError(f"cannot create the state directory {state_dir}: {error}") from None
+    elif not state_dir.is_dir():
+        raise ServeError(f"the state directory {state_dir} is not a folder")
+    return state_dir
+
+
+def load_admin_key(state_dir: Path, environ: Mapping[str, str] = os.environ) -> str:
+    """MLFE_ADMIN_KEY, else STATE/admin.key, generated (mode 0600) on first start."""
+    from_env = environ.get(ADMIN_KEY_ENV, "").strip()
+    if from_env:
+        return from_env
+    path = state_dir / ADMIN_KEY_FILE
+    try:
+        # O_EXCL: of two routers starting at once, one writes the key, both read it.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise ServeError(f"cannot create {path}: {error}") from None
+    else:
+        with os.fdopen(fd, "w") as file:
+            file.write(generate_key() + "\n")
+        logger.info("event=admin-key-created path=%s", path)
+    try:
+        key = path.read_text().strip()
+    except OSError as error:
+        raise ServeError(f"cannot read the admin key from {path}: {error}") from None
+    if not key:
+        raise ServeError(f"{path} is empty: delete it to have a new admin key generated")
+    return key
+
+
+def open_backend(
+    settings: ServeSettings, state_dir: Path, registry: Registry
+) -> tuple[Store, ReplicaBackend, ControlLoop]:
+    """The store, replica backend and control loop for `settings.backend`.
+
+    The seam for Kubernetes: a cluster store and a `KubernetesBackend` with the same
+    protocols, and a control loop that acts only while this router holds the lease.
+    """
+    sink = RegistryReplicaSink(registry)
+    if settings.backend == "local":
+        try:
+            store = SqliteStore(state_dir / STORE_FILE)
+        except StoreError as error:
+            raise ServeError(str(error)) from None
+        backend = LocalBackend(state_dir, sink)
+        return store, backend, ControlLoop(backend, sink)
+    if settings.backend == "kubernetes":
+        raise ServeError(
+            "backend 'kubernetes' is not wired into `mlfe serve` yet: run with --backend local"
+        )
+    raise ServeError(f"unknown backend {settings.backend!r}: use one of {', '.join(BACKENDS)}")
+
+
+async def assemble(settings: ServeSettings, *, public_url: str) -> Assembly:
+    """Every piece of the router, with the stored services restored (replicas starting)."""
+    state_dir = prepare_state_dir(settings.state_dir)
+    admin_key = load_admin_key(state_dir)
+    registry = Registry(RouterMetrics())
+    store, backend, control_loop = open_backend(settings, state_dir, registry)
+    manager = ServiceManager(store, registry, control_loop, backend, public_url=public_url)
+    assembly = Assembly(
+        app=create_app(
+            registry,
+            max_body=settings.max_body,
+            extra_routes=[Mount(PREFIX, app=create_manage_app(manager, admin_key))],
+        ),
+        manager=manager,
+        control_loop=control_loop,
+        backend=backend,
+        store=store,
+        registry=registry,
+        admin_key=admin_key,
+        state_dir=state_dir,
+    )
+    try:
+        await manager.restore()
+    except BaseException:
+        await assembly.close()
+        raise
+    return assembly
+
+
+def public_url_for(host: str, port: int) -> str:
+    """http://HOST:PORT as a client should write it."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+async def serve(settings: ServeSettings) -> None:
+    """Run the router until SIGTERM or SIGINT, then shut down without orphans."""
+    try:
+        sock = bind_tcp(settings.host, settings.port)
+    except OSError as error:
+        raise ServeError(f"cannot listen on {settings.host}:{settings.port}: {error}") from None
+    port = sock.getsockname()[1]
+    public_url = settings.public_url or public_url_for(settings.host, port)
+    stop = _StopSignals()
+    with stop.installed():
+        assembly = await assemble(settings, public_url=public_url)
+        try:
+            server = uvicorn_server(assembly.app, log_level=settings.log_level)
+            stop.server = server
+            logger.info(
+                "event=serving url=%s state_dir=%s backend=%s services=%d",
+                public_url,
+                assembly.state_dir,
+                settings.backend,
+                len(assembly.manager.list_views()),
+            )
+            if not stop.requested:
+                await server.serve(sockets=[sock])
+        finally:
+            logger.info("event=stopping")
+            sock.close()
+            await assembly.close()
+            logger.info("event=stopped")
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT ask the server to exit, before it runs too.
+
+    uvicorn handles both while it serves, and afterwards re-raises what it caught; these
+    handlers are what it restores, so a re-raised signal cannot cut the shutdown short.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.server: uvicorn.Server | None = None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.requested:
+            logger.info("event=signal signal=%s", signal.Signals(signum).name)
+        self.requested = True
+        if self.server is not None:
+            self.server.should_exit = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        signals = (signal.SIGTERM, signal.SIGINT)
+        previous = {s: signal.signal(s, self.handle) for s in signals}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run(settings: ServeSettings) -> int:
+    """`serve` on uvloop; the exit code for a command line."""
+    import uvloop
+
+    configure_logging(settings.log_level)
+    try:
+        uvloop.run(serve(settings))
+    except ServeError as error:
+        logger.error("event=cannot-start error=%s", error)
+        print(f"mlfe serve: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ServeSettings:
+    parser = argparse.ArgumentParser(
+        prog="mlfe serve", description="Run the mlfe router, autoscaler and replicas."
+    )
+    add_arguments(parser)
+    return settings_from(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`mlfe serve`'s flags, for this module's parser and the CLI's subcommand."""
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("MLFE_STATE_DIR") or DEFAULT_STATE_DIR),
+        help="where services, keys and replica logs live (default ~/.mlfe, env MLFE_STATE_DIR)",
+    )
+    parser.add_argument("--backend", choices=BACKENDS, default="local")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    parser.add_argument(
+        "--max-body",
+        type=int,
+        default=DEFAULT_MAX_BODY,
+        help="largest scoring request body in bytes (default 100 MB)",
+    )
+    parser.add_argument(
+        "--public-url", default=None, help="base of the scoring URIs shown to users"
+    )
+
+
+def settings_from(args: argparse.Namespace) -> ServeSettings:
+    return ServeSettings(
+        host=args.host,
+        port=args.port,
+        state_dir=args.state_dir,
+        backend=args.backend,
+        log_level=args.log_level,
+        max_body=args.max_body,
+        public_url=args.public_url,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

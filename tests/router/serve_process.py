@@ -1,0 +1,144 @@
+"""`python -m router.serve` as a child process of a test: start, talk to, stop or kill.
+
+The router logs `event=serving url=...` once it listens (port 0 picks a free one); that
+line is the readiness signal and the address.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+_SERVING = re.compile(r"event=serving url=(\S+)")
+
+
+class ServeExited(Exception):
+    pass
+
+
+class ServeProcess:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        args: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
+        ready_timeout: float = 30.0,
+    ) -> None:
+        self.state_dir = state_dir
+        self.log_path = state_dir.parent / f"{state_dir.name}-serve.log"
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFE_")}
+        environment.update(env or {})
+        with open(self.log_path, "ab") as log:
+            self.offset = log.tell()
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "router.serve",
+                    "--state-dir",
+                    str(state_dir),
+                    "--port",
+                    "0",
+                    *args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+            )
+        self.url = self._wait_for_url(ready_timeout)
+        key = environment.get("MLFE_ADMIN_KEY") or (state_dir / "admin.key").read_text().strip()
+        self.admin_key = key
+
+    def _wait_for_url(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = _SERVING.search(self.log())
+            if found:
+                return found.group(1)
+            if self.process.poll() is not None:
+                raise ServeExited(
+                    f"mlfe serve exited with {self.process.returncode}:\n{self.log()}"
+                )
+            if time.monotonic() > deadline:
+                self.kill()
+                raise ServeExited(f"mlfe serve did not start:\n{self.log()}")
+            time.sleep(0.02)
+
+    def log(self) -> str:
+        with open(self.log_path, "rb") as log:
+            log.seek(self.offset)
+            return log.read().decode(errors="replace")
+
+    def client(self, *, key: str | None = None, timeout: float = 10.0) -> httpx.Client:
+        """A client of the management API (and the router), with the admin key."""
+        headers = {"Authorization": f"Bearer {key or self.admin_key}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; SIGKILL if it does not stop in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.terminate()
+
+
+def wait_for_state(
+    client: httpx.Client, name: str, *, timeout: float = 30.0, settled: bool = True
+) -> dict[str, Any]:
+    """The service's view once it is no longer Transitioning."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/api/v1/manage/services/{name}")
+        assert response.status_code == 200, response.text
+        view = response.json()
+        if view["state"] != "Transitioning" or not settled:
+            return view
+        assert time.monotonic() < deadline, f"{name} still Transitioning: {view}"
+        time.sleep(0.05)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
