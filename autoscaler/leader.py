@@ -93,6 +93,11 @@ class LeaderElector:
         return self._leading and self._clock() - self._renewed_at < self.renew_deadline
 
     @property
+    def last_renewal(self) -> float:
+        """When (on `clock`) this process last started a successful acquire or renewal."""
+        return self._renewed_at
+
+    @property
     def holder(self) -> str | None:
         """The holder as last seen ("" or None when nobody holds the Lease)."""
         return (self._observed or {}).get("holderIdentity")

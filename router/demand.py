@@ -292,7 +292,7 @@ class ClusterDemandSource:
             try:
                 if self.should_poll():
                     await self.poll()
-                else:
+                if not self.should_poll():
                     self._totals = {}  # a follower's numbers would be stale by the time it leads
             except asyncio.CancelledError:
                 raise
@@ -318,7 +318,10 @@ class ClusterDemandSource:
             if pod not in self._silent:
                 self._silent.add(pod)
                 logger.warning(
-                    "event=demand-unanswered pod=%s address=%s error=%r", pod, address, str(error)
+                    "event=demand-unanswered pod=%s address=%s error=%r",
+                    pod,
+                    address,
+                    f"{type(error).__name__}: {error}".rstrip(": "),
                 )
             return {}
         if pod in self._silent:

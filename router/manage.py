@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ MAX_REQUEST_BYTES = 1024 * 1024
 DEFAULT_LOG_TAIL = 100
 # Service and version names, as router.config validates them.
 NAME_PATTERN = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
+VERSION_PATTERN = r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$"
 KEY_PATTERN = r"^[\x21-\x7e]{1,256}$"
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -92,7 +93,7 @@ class Endpoint:
     body: str | None = None  # request schema name
     query: tuple[Mapping[str, Any], ...] = ()
     auth: bool = True
-    errors: tuple[int, ...] = field(default=())
+    errors: tuple[int, ...] = ()  # statuses it may refuse with, besides 401
 
 
 # -- reading requests ---------------------------------------------------------------------
@@ -100,7 +101,7 @@ class Endpoint:
 
 class _Body:
     """A JSON object from a request: typed fields, unknown keys refused, errors naming
-    the key. A field given as null is refused like any other wrong type."""
+    the key. A field given as null is a field not given, as Azure's SDK sends them."""
 
     def __init__(self, data: Any, known: Sequence[str]) -> None:
         if not isinstance(data, dict):
@@ -110,7 +111,7 @@ class _Body:
                 raise InvalidRequest(
                     f"unknown key {key!r} in the request body (known: {', '.join(known)})"
                 )
-        self._data = data
+        self._data = {key: value for key, value in data.items() if value is not None}
 
     def has(self, key: str) -> bool:
         return key in self._data
@@ -246,8 +247,8 @@ def _changes(body: _Body) -> VersionChanges:
     )
 
 
-async def _read_json(request: Request, *, required: bool) -> Any:
-    """The request's JSON body (None if it has none and none is required)."""
+async def _read_json(request: Request) -> Any:
+    """The request's JSON body, read up to MAX_REQUEST_BYTES."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
         raise _Refusal(413, f"the request body is larger than {MAX_REQUEST_BYTES} bytes")
@@ -260,9 +261,7 @@ async def _read_json(request: Request, *, required: bool) -> Any:
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw.strip():
-        if required:
-            raise InvalidRequest("the request needs a JSON object body")
-        return None
+        raise InvalidRequest("the request needs a JSON object body")
     content_type = request.headers.get("content-type", "")
     media_type = content_type.partition(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
@@ -295,7 +294,7 @@ class ManageApi:
 
     async def create_service(self, request: Request) -> Response:
         body = _Body(
-            await _read_json(request, required=True),
+            await _read_json(request),
             ("name", "inferenceConfig", "deploymentConfig", "models", "modelDir"),
         )
         name = body.required_string("name")
@@ -309,7 +308,7 @@ class ManageApi:
 
     async def update_service(self, request: Request) -> Response:
         body = _Body(
-            await _read_json(request, required=True),
+            await _read_json(request),
             ("deploymentConfig", "inferenceConfig", "models", "modelDir"),
         )
         view = await self.manager.update_service(request.path_params["name"], _changes(body))
@@ -327,7 +326,7 @@ class ManageApi:
         return JSONResponse(self.manager.keys(request.path_params["name"]))
 
     async def regenerate_key(self, request: Request) -> Response:
-        body = _Body(await _read_json(request, required=True), ("keyType", "keyValue"))
+        body = _Body(await _read_json(request), ("keyType", "keyValue"))
         key_type = body.required_string("keyType")
         if key_type not in ("Primary", "Secondary"):
             raise InvalidRequest(f"keyType must be Primary or Secondary, got {key_type!r}")
@@ -343,7 +342,7 @@ class ManageApi:
 
     async def create_version(self, request: Request) -> Response:
         body = _Body(
-            await _read_json(request, required=True),
+            await _read_json(request),
             (
                 "version",
                 "inferenceConfig",
@@ -373,7 +372,7 @@ class ManageApi:
 
     async def update_version(self, request: Request) -> Response:
         body = _Body(
-            await _read_json(request, required=True),
+            await _read_json(request),
             (
                 "trafficPercentile",
                 "isDefault",
@@ -627,7 +626,15 @@ _PATCH = {**_OBJECT, "description": "a partial deploymentconfig.json, merged (RF
 _PERCENTILE = {"type": "number", "minimum": 0, "maximum": 100}
 
 
-def _object(properties: dict[str, Any], required: Sequence[str] = ()) -> dict[str, Any]:
+def _object(
+    properties: dict[str, Any], required: Sequence[str] = (), *, request: bool = False
+) -> dict[str, Any]:
+    """An object schema; in a request, optional properties may be null (= not given)."""
+    if request:
+        properties = {
+            name: schema if name in required else {**schema, "nullable": True}
+            for name, schema in properties.items()
+        }
     schema: dict[str, Any] = {
         "type": "object",
         "properties": properties,
@@ -736,6 +743,7 @@ SCHEMAS: dict[str, Any] = {
             "modelDir": _MODEL_DIR,
         },
         ["name", "inferenceConfig"],
+        request=True,
     ),
     "ServiceUpdate": _object(
         {
@@ -743,11 +751,12 @@ SCHEMAS: dict[str, Any] = {
             "inferenceConfig": _INFERENCE,
             "models": _MODELS,
             "modelDir": _MODEL_DIR,
-        }
+        },
+        request=True,
     ),
     "NewVersion": _object(
         {
-            "version": {"type": "string", "pattern": NAME_PATTERN},
+            "version": {"type": "string", "pattern": VERSION_PATTERN},
             "inferenceConfig": _INFERENCE,
             "deploymentConfig": _DEPLOYMENT,
             "models": _MODELS,
@@ -757,6 +766,7 @@ SCHEMAS: dict[str, Any] = {
             "isControl": {"type": "boolean"},
         },
         ["version", "inferenceConfig"],
+        request=True,
     ),
     "VersionUpdate": _object(
         {
@@ -767,7 +777,8 @@ SCHEMAS: dict[str, Any] = {
             "inferenceConfig": _INFERENCE,
             "models": _MODELS,
             "modelDir": _MODEL_DIR,
-        }
+        },
+        request=True,
     ),
     "RegenerateKey": _object(
         {
@@ -775,6 +786,7 @@ SCHEMAS: dict[str, Any] = {
             "keyValue": {"type": "string", "pattern": KEY_PATTERN},
         },
         ["keyType"],
+        request=True,
     ),
 }
 

@@ -136,6 +136,8 @@ def load_admin_key(state_dir: Path, environ: Mapping[str, str] = os.environ) -> 
         logger.info("event=admin-key-created path=%s", path)
     try:
         key = path.read_text().strip()
+        if path.stat().st_mode & 0o077:
+            logger.warning("event=admin-key-readable-by-others path=%s fix='chmod 600'", path)
     except OSError as error:
         raise ServeError(f"cannot read the admin key from {path}: {error}") from None
     if not key:
@@ -213,7 +215,7 @@ async def serve(settings: ServeSettings) -> None:
     port = sock.getsockname()[1]
     public_url = settings.public_url or public_url_for(settings.host, port)
     stop = _StopSignals()
-    with stop.installed():
+    with contextlib.closing(sock), stop.installed():
         assembly = await assemble(settings, public_url=public_url)
         try:
             server = uvicorn_server(assembly.app, log_level=settings.log_level)
@@ -229,7 +231,7 @@ async def serve(settings: ServeSettings) -> None:
                 await server.serve(sockets=[sock])
         finally:
             logger.info("event=stopping")
-            sock.close()
+            sock.close()  # no new connections while the replicas stop
             await assembly.close()
             logger.info("event=stopped")
 
@@ -278,7 +280,7 @@ def run(settings: ServeSettings) -> int:
     configure_logging(settings.log_level)
     try:
         uvloop.run(serve(settings))
-    except ServeError as error:
+    except (ServeError, StoreError) as error:
         logger.error("event=cannot-start error=%s", error)
         print(f"mlfe serve: {error}", file=sys.stderr)
         return 1

@@ -900,13 +900,16 @@ class ServiceManager:
         self, live: _Live, version: str
     ) -> tuple[ServiceState, DeploymentStatus | None]:
         operation = live.operation
-        if operation is not None and not operation.finished and version in operation.deploying:
-            return "Transitioning", None
-        if version in live.errors:
-            return "Failed", None
         try:
-            status = self._backend.status(DeploymentKey(live.record.name, version))
+            status: DeploymentStatus | None = self._backend.status(
+                DeploymentKey(live.record.name, version)
+            )
         except LookupError:
+            status = None
+        if operation is not None and not operation.finished and version in operation.deploying:
+            # What runs now is the previous deployment, about to be replaced.
+            return "Transitioning", status
+        if version in live.errors or status is None:
             return "Failed", None
         return _STATES[status.state], status
 

@@ -18,7 +18,6 @@ import secrets
 import shlex
 import shutil
 import subprocess
-import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -264,7 +263,12 @@ async def test_the_probed_paths_answer_in_the_router_app() -> None:
         assert "mlfe_requests_total" in response.text
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
+needs_kubectl = pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed"
+)
+
+
+@needs_kubectl
 def test_kustomize_renders_valid_objects_in_the_namespace(tmp_path: Path) -> None:
     folder = tmp_path / "kubernetes"
     shutil.copytree(KUBE, folder)
@@ -297,9 +301,8 @@ def test_kustomize_renders_valid_objects_in_the_namespace(tmp_path: Path) -> Non
     assert "app.kubernetes.io/part-of" not in selector
 
 
+@needs_kubectl
 def test_kustomize_refuses_to_render_without_a_generated_key(tmp_path: Path) -> None:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl (kustomize) not installed")
     folder = tmp_path / "kubernetes"
     shutil.copytree(KUBE, folder)
     (folder / "admin-key.env").unlink(missing_ok=True)
@@ -820,7 +823,3 @@ def test_the_dashboard_variables_and_layout_hold_together() -> None:
         taken |= cells
         if panel["type"] != "row":
             assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__, "-q"]))

@@ -116,6 +116,8 @@ class ApiServer:
             await _send_json(send, 200, KUBERNETES_VERSION)
             return
         segments = path.strip("/").split("/")
+        group: str | None
+        version: str | None
         if segments[0] == "api" and len(segments) >= 1:
             group, version, rest = "", segments[1] if len(segments) > 1 else None, segments[2:]
         elif segments[0] == "apis":

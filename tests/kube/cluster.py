@@ -122,6 +122,7 @@ class Cluster:
         self._server: uvicorn.Server | None = None
         self._server_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._controllers: list[Controller] = []
         self._log_filter = _HideDroppedWatches()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -137,7 +138,12 @@ class Cluster:
             target=self._thread_main, args=(ready,), name="mlfe-test-cluster", daemon=True
         )
         self._thread.start()
-        ready.result(_START_TIMEOUT_S)
+        try:
+            ready.result(_START_TIMEOUT_S)
+        except BaseException:
+            self._thread.join(_START_TIMEOUT_S)
+            self._loop = None
+            raise
         self._write_kubeconfig()
         logging.getLogger("uvicorn.error").addFilter(self._log_filter)
         logger.info("event=cluster_started host=%s pod_subnet=%s0/24", self.host, self.pod_subnet)
@@ -157,7 +163,7 @@ class Cluster:
                 shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def __enter__(self) -> Cluster:
-        return self
+        return self if self._loop is not None else self.start()
 
     def __exit__(
         self,
@@ -168,7 +174,7 @@ class Cluster:
         self.stop()
 
     async def __aenter__(self) -> Cluster:
-        return self
+        return self if self._loop is not None else await asyncio.to_thread(self.start)
 
     async def __aexit__(
         self,
@@ -188,6 +194,7 @@ class Cluster:
                 await self._boot()
             except BaseException as error:
                 ready.set_exception(error)
+                loop.stop()
                 raise
             ready.set_result(None)
 
@@ -216,6 +223,7 @@ class Cluster:
             GarbageCollector(self.registry),
             self.kubelet,
         ]
+        self._controllers = controllers
         self._tasks = [asyncio.ensure_future(controller.run()) for controller in controllers]
         self.watch_hub = WatchHub(self.store, self._bookmark_interval_s)
         self.apiserver = ApiServer(self.registry, self.kubelet, self.watch_hub)
@@ -235,6 +243,7 @@ class Cluster:
             http="httptools",
             ws="none",
             timeout_graceful_shutdown=1,
+            timeout_keep_alive=60,
         )
         server = uvicorn.Server(config)
         self._server = server
@@ -328,7 +337,12 @@ class Cluster:
         fault = Fault(
             UNSCHEDULABLE, _selector(selector), namespace, message, _clear=self._clear_fault
         )
-        self.call(lambda: self.faults.add(fault))
+
+        def apply() -> None:
+            self.faults.add(fault)
+            self._poke()
+
+        self.call(apply)
         return fault
 
     def make_crash(
@@ -356,20 +370,31 @@ class Cluster:
             if not once:
                 self.faults.add(fault)
             self.kubelet.kill_matching(fault)
+            self._poke()
 
         self.call(apply)
         return fault
 
     def _clear_fault(self, fault: Fault) -> None:
+        if self._loop is None:
+            return  # the cluster is gone, and its faults with it
+
         def remove() -> None:
             self.faults.remove(fault)
-            for task_owner in (self.kubelet,):
-                task_owner.poke()
+            self._poke()
 
         self.call(remove)
 
+    def _poke(self) -> None:
+        for controller in self._controllers:
+            controller.poke()
+
     def clear_faults(self) -> None:
-        self.call(self.faults.clear)
+        def clear() -> None:
+            self.faults.clear()
+            self._poke()
+
+        self.call(clear)
 
     def set_ready_delay(self, seconds: float) -> None:
         """Containers become Ready no sooner than this after they start (probe permitting)."""

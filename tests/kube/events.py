@@ -44,6 +44,15 @@ class EventRecorder:
                 self._registry.write(kinds.EVENTS, updated)
                 return
         name = f"{meta['name']}.{time.time_ns():x}"
+        involved_ref = {
+            "kind": resource.kind,
+            "name": meta["name"],
+            "uid": meta["uid"],
+            "apiVersion": resource.api_version,
+            "resourceVersion": meta.get("resourceVersion"),
+        }
+        if meta.get("namespace"):
+            involved_ref["namespace"] = meta["namespace"]
         event = {
             "metadata": {
                 "name": name,
@@ -51,14 +60,7 @@ class EventRecorder:
                 "uid": new_uid(),
                 "creationTimestamp": now_time(),
             },
-            "involvedObject": {
-                "kind": resource.kind,
-                "namespace": meta.get("namespace"),
-                "name": meta["name"],
-                "uid": meta["uid"],
-                "apiVersion": resource.api_version,
-                "resourceVersion": meta.get("resourceVersion"),
-            },
+            "involvedObject": involved_ref,
             "reason": reason,
             "message": message,
             "source": {
@@ -72,8 +74,6 @@ class EventRecorder:
             "reportingComponent": self._component,
             "reportingInstance": self._host,
         }
-        if not meta.get("namespace"):
-            event["involvedObject"].pop("namespace")
         if store.peek(kinds.NAMESPACES, "", namespace) is None:
             return  # the namespace went away; a real recorder would fail the same way
         store.create(kinds.EVENTS, event)

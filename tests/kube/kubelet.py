@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -68,6 +69,10 @@ _BACKOFF_RESET_FACTOR = 2
 _RETRY_S = 1.0
 
 
+class _ImageNotFound(Exception):
+    """No command and an image whose entrypoint the cluster was not told (ErrImagePull)."""
+
+
 @dataclass(frozen=True)
 class KubeletConfig:
     node_name: str
@@ -89,13 +94,23 @@ class PodNetwork:
         self._next = 1
 
     def allocate(self, ports: Sequence[int]) -> str:
+        unused = []
         for _ in range(254):
             address = f"{self.subnet}{self._next}"
             self._next = self._next % 254 + 1
-            if address not in self._in_use and all(_port_free(address, port) for port in ports):
+            if address in self._in_use:
+                continue
+            if all(_port_free(address, port) for port in ports):
                 self._in_use.add(address)
                 return address
-        raise RuntimeError(f"no free pod address left in {self.subnet}0/24")
+            unused.append(address)
+        if not unused:
+            raise RuntimeError(f"no free pod address left in {self.subnet}0/24")
+        # Something outside the cluster holds the port on every address (a wildcard
+        # listener): hand one out anyway; the container's bind error will say why.
+        logger.warning("event=pod_ports_taken subnet=%s0/24 ports=%s", self.subnet, list(ports))
+        self._in_use.add(unused[0])
+        return unused[0]
 
     def release(self, address: str) -> None:
         self._in_use.discard(address)
@@ -136,7 +151,6 @@ class ContainerRun:
     container_id: str = ""
     process: asyncio.subprocess.Process | None = None
     logs: list[Path] = field(default_factory=list)
-    liveness_killed: bool = False
 
     @property
     def name(self) -> str:
@@ -348,7 +362,6 @@ class PodWorker:
         run.process = process
         run.container_id = f"containerd://{random_hex(64)}"
         run.ever_started = True
-        run.liveness_killed = False
         started_at = now_time()
         run.state = {"running": {"startedAt": started_at}}
         run.started = "startupProbe" not in run.spec
@@ -546,7 +559,6 @@ class PodWorker:
     def _kill_for_probe(
         self, run: ContainerRun, process: asyncio.subprocess.Process, kind: str
     ) -> None:
-        run.liveness_killed = True
         self.event(
             "Normal",
             "Killing",
@@ -654,10 +666,6 @@ class PodWorker:
         self.kubelet.registry.write_status(kinds.PODS, self.namespace, self.name, status)
 
 
-class _ImageNotFound(Exception):
-    pass
-
-
 class Kubelet(Controller):
     name = "kubelet"
     watches = (kinds.PODS,)
@@ -691,12 +699,15 @@ class Kubelet(Controller):
                 worker = PodWorker(self, pod)
                 self._workers[uid] = worker
                 worker.task = asyncio.ensure_future(worker.run())
-                worker.task.add_done_callback(lambda _, uid=uid: self._workers.pop(uid, None))
+                worker.task.add_done_callback(functools.partial(self._forget, uid))
             if pod["metadata"].get("deletionTimestamp"):
                 worker.request_stop(float(pod["metadata"].get("deletionGracePeriodSeconds") or 0))
         for uid, worker in list(self._workers.items()):
             if uid not in present:
                 worker.request_stop(0.0)  # force-deleted: kill at once
+
+    def _forget(self, uid: str, _task: object) -> None:
+        self._workers.pop(uid, None)
 
     def kill_matching(self, fault: Fault) -> int:
         """Kill the running containers of pods the fault matches; returns how many pods."""
@@ -741,11 +752,13 @@ class Kubelet(Controller):
                 f'container "{container}" in pod "{name}" is waiting to start: {reason}'
             )
         if previous:
-            if len(run.logs) < 2:
+            # Between runs (in CrashLoopBackOff) the previous container is the last one.
+            running = run.process is not None
+            if len(run.logs) - (1 if running else 0) < 1:
                 raise bad_request(
                     f'previous terminated container "{container}" in pod "{name}" not found'
                 )
-            return run.logs[-2], run
+            return run.logs[-2 if running else -1], run
         return run.logs[-1], run
 
     async def shutdown(self) -> None:

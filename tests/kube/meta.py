@@ -25,17 +25,12 @@ def time_after(seconds: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def now_micro_time() -> str:
-    """metav1.MicroTime: RFC 3339 with microseconds (leases, events)."""
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def parse_time(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def normalise_micro_time(value: Any) -> Any:
-    """Store a client's `2024-01-01T00:00:00.123456+00:00` as the server would."""
+    """metav1.MicroTime: store a client's `...00.123456+00:00` as `...00.123456Z`."""
     if not isinstance(value, str):
         return value
     try:

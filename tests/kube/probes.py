@@ -100,8 +100,15 @@ async def _status_line(host: str, port: int, path: str, headers: list[Mapping[st
 async def _tcp(host: str, port: int, timeout: float) -> None:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, asyncio.TimeoutError) as error:
-        raise ProbeFailed(f"dial tcp {host}:{port}: {error or 'i/o timeout'}") from None
+    except asyncio.TimeoutError:
+        raise ProbeFailed(f"dial tcp {host}:{port}: i/o timeout") from None
+    except OSError as error:
+        reason = (
+            "connect: connection refused"
+            if isinstance(error, ConnectionRefusedError)
+            else str(error)
+        )
+        raise ProbeFailed(f"dial tcp {host}:{port}: {reason}") from None
     writer.close()
     with contextlib.suppress(Exception):
         await writer.wait_closed()

@@ -102,7 +102,7 @@ class Store:
         self.revision += 1
         self._types[resource.key] = resource
         body = clone(obj)
-        stored = {"kind": resource.kind, "apiVersion": resource.api_version}
+        stored: dict[str, Any] = {"kind": resource.kind, "apiVersion": resource.api_version}
         stored.update((k, v) for k, v in body.items() if k not in stored)
         stored["metadata"]["resourceVersion"] = str(self.revision)
         return stored

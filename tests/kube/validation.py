@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from tests.kube import quantity
@@ -712,7 +712,3 @@ def scale(obj: Mapping[str, Any]) -> list[FieldError]:
             FieldError("Invalid", "spec.replicas", "must be greater than or equal to 0", replicas)
         ]
     return []
-
-
-def names_of(errors: Iterable[FieldError]) -> list[str]:
-    return [error.path for error in errors]

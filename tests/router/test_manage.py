@@ -5,12 +5,14 @@ the API's own OpenAPI document."""
 from __future__ import annotations
 
 import os
+import random
+import re
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
+from router.config import ConfigError, validate_service_name, validate_version_name
+from router.manage import NAME_PATTERN, VERSION_PATTERN
 from tests.router.serve_process import ServeProcess, wait_for_state
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -151,6 +155,7 @@ def test_a_service_through_every_route(server: ServeProcess, client: httpx.Clien
     assert view["scoringUri"] == f"{server.url}/api/v1/service/life/score"
     assert [s["name"] for s in client.get(f"{API}/services").json()] == ["life"]
 
+    assert httpx.get(view["swaggerUri"]).status_code == 200  # no auth needed
     keys = client.get(f"{API}/services/life/keys").json()
     score = view["scoringUri"]
     assert httpx.post(score, json={}, headers=_bearer(keys["primaryKey"])).status_code == 200
@@ -168,6 +173,8 @@ def test_a_service_through_every_route(server: ServeProcess, client: httpx.Clien
         "inferenceConfig": inference(),
         "deploymentConfig": ONE,
         "trafficPercentile": 20,
+        "models": None,  # null is the same as not given
+        "isControl": None,
     }
     response = client.post(f"{API}/services/life/versions", json=body)
     assert response.status_code == 202, response.text
@@ -208,6 +215,13 @@ def test_a_service_through_every_route(server: ServeProcess, client: httpx.Clien
     view = wait_for_state(client, "life")
     default = next(v for v in view["versions"] if v["isDefault"])
     assert default["deploymentConfig"]["scoringTimeoutMs"] == 30000
+    model = f"model:1:{SCRIPTS / 'behave_score.py'}"
+    response = client.patch(f"{API}/services/life", json={"models": [model]})
+    assert response.status_code == 202
+    view = wait_for_state(client, "life")
+    assert view["state"] == "Healthy"
+    default = next(v for v in view["versions"] if v["isDefault"])
+    assert default["models"] == [model] and default["modelDir"] is None
 
     response = client.delete(f"{API}/services/life/versions/blue")
     assert response.status_code == 202
@@ -391,3 +405,22 @@ def test_schemathesis_finds_no_server_error(server: ServeProcess, tmp_path: Path
 
 def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "validate"),
+    [(NAME_PATTERN, validate_service_name), (VERSION_PATTERN, validate_version_name)],
+)
+def test_the_documented_name_patterns_match_the_validation(
+    pattern: str, validate: Callable[[str], str]
+) -> None:
+    chances = random.Random(7)
+    for length in range(1, 36):
+        for _ in range(100):
+            name = "".join(chances.choice("abz09-A_.") for _ in range(length))
+            try:
+                validate(name)
+                valid = True
+            except ConfigError:
+                valid = False
+            assert bool(re.search(pattern, name)) == valid, name

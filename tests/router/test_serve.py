@@ -58,10 +58,10 @@ def test_a_router_killed_with_sigkill_restarts_with_everything(state_dir: Path) 
         with first.client() as client:
             assert client.post(f"{API}/services", json=body(name="kept")).status_code == 202
             wait_for_state(client, "kept")
-            version = body(version="blue", trafficPercentile=30)
+            version = body(version="b", trafficPercentile=30)
             assert client.post(f"{API}/services/kept/versions", json=version).status_code == 202
             wait_for_state(client, "kept")
-            control = client.patch(f"{API}/services/kept/versions/blue", json={"isControl": True})
+            control = client.patch(f"{API}/services/kept/versions/b", json={"isControl": True})
             assert control.status_code == 200
             response = client.post(
                 f"{API}/services/kept/regenerate-key",
@@ -89,11 +89,9 @@ def test_a_router_killed_with_sigkill_restarts_with_everything(state_dir: Path) 
             assert settings_of(view) == settings_of(before[name])
         kept = client.get(f"{API}/services/kept").json()
         assert score(kept["scoringUri"], "secondary-kept").status_code == 200
-        pinned = score(
-            kept["scoringUri"], keys["primaryKey"], **{"azureml-model-deployment": "blue"}
-        )
+        pinned = score(kept["scoringUri"], keys["primaryKey"], **{"azureml-model-deployment": "b"})
         assert pinned.status_code == 200
-        assert pinned.headers["azureml-model-deployment"] == "blue"
+        assert pinned.headers["azureml-model-deployment"] == "b"
         # The signing secret is stored too: a token issued before the crash still works.
         tokens_view = client.get(f"{API}/services/tokens").json()
         assert score(tokens_view["scoringUri"], token).status_code == 200
