@@ -593,7 +593,10 @@ class Informer:
                     logger.info("event=watch-expired kind=%s action=relist", self.name)
                     self._resource_version = None
                     continue
-                logger.warning(
+                # One cut connection is routine (load balancers, API server restarts);
+                # failing again is worth a warning.
+                log = logger.info if delay == self.retry_delay else logger.warning
+                log(
                     "event=watch-error kind=%s retry_in=%.1fs error=%r",
                     self.name,
                     delay,
@@ -768,8 +771,9 @@ class _Tracked:
     settled: bool = False  # the current template has had `desired` replicas in rotation
     told: dict[str, _Told] = field(default_factory=dict)
     recycled: set[str] = field(default_factory=set)  # pods being replaced: never back
-    log_tails: dict[tuple[str, int], str] = field(default_factory=dict)
-    fetching: set[tuple[str, int]] = field(default_factory=set)
+    # The last lines of each failing pod's crashed run: pod -> (restart count, lines).
+    log_tails: dict[str, tuple[int, str]] = field(default_factory=dict)
+    fetching: set[str] = field(default_factory=set)
 
 
 class KubernetesBackend:
@@ -987,7 +991,8 @@ class KubernetesBackend:
         return True
 
     async def logs(self, key: DeploymentKey, tail: int = 100) -> tuple[ReplicaLog, ...]:
-        """The last `tail` lines of every pod of the version, newest pods first."""
+        """The last `tail` lines of every pod of the version, newest pods first; for a pod
+        whose replica crashed, the lines of the run that crashed."""
         self._get(key)
         pods = sorted(
             (p for p in self.pods.objects.values() if _pod_key(p) == key),
@@ -997,15 +1002,9 @@ class KubernetesBackend:
         found = []
         for pod in pods:
             name = pod["metadata"]["name"]
+            crashed = _pod_problem(pod) is not None
             try:
-                text = await asyncio.to_thread(
-                    api_text,
-                    self._core.read_namespaced_pod_log,
-                    name,
-                    self.namespace,
-                    container=CONTAINER,
-                    tail_lines=tail,
-                )
+                text = await asyncio.to_thread(self._read_log, name, tail, crashed)
             except ApiException as error:
                 text = f"(no log: {api_error(error)})"
             found.append(ReplicaLog(name, _pod_state(pod), text))
@@ -1204,9 +1203,12 @@ class KubernetesBackend:
             if ready_current >= tracked.desired:
                 tracked.settled = True
                 logger.info("event=settled deployment=%s replicas=%d", tracked.key, ready_current)
-        for pod in current:
-            if _pod_problem(pod) is not None:
-                self._fetch_log_tail(tracked, pod)
+        failing = [pod for pod in current if _pod_problem(pod) is not None]
+        names = {pod["metadata"]["name"] for pod in failing}
+        for gone in [name for name in tracked.log_tails if name not in names]:
+            del tracked.log_tails[gone]
+        for pod in failing:
+            self._fetch_log_tail(tracked, pod)
 
     def _current_pods(self, tracked: _Tracked) -> list[Json]:
         """Live pods of the version's current template."""
@@ -1225,49 +1227,54 @@ class KubernetesBackend:
         problem = _pod_problem(pod)
         if problem is None:
             return None
-        tail = tracked.log_tails.get(_log_key(pod))
+        _, tail = tracked.log_tails.get(pod["metadata"]["name"], (0, ""))
         return (
             f"{problem}; last lines of pod {pod['metadata']['name']}:\n{tail}" if tail else problem
         )
 
     def _fetch_log_tail(self, tracked: _Tracked, pod: Json) -> None:
-        log_key = _log_key(pod)
-        if log_key in tracked.log_tails or log_key in tracked.fetching or self._closing:
+        """Fetch the last lines of a failing pod's crashed run, once per crash."""
+        name, restarts = _log_key(pod)
+        known = tracked.log_tails.get(name)
+        if (known is not None and known[0] == restarts) or name in tracked.fetching:
             return
-        tracked.fetching.add(log_key)
+        if self._closing:
+            return
+        tracked.fetching.add(name)
+        logger.warning(
+            "event=replica-failed deployment=%s replica=%s restarts=%d message=%r",
+            tracked.key,
+            name,
+            restarts,
+            _pod_problem(pod),
+        )
 
         async def fetch() -> None:
             try:
-                tail = await asyncio.to_thread(self._read_crash_log, log_key[0])
-                tracked.log_tails[log_key] = tail.rstrip()
+                tail = await asyncio.to_thread(self._read_log, name, LOG_TAIL_LINES, True)
+                tracked.log_tails[name] = (restarts, tail.rstrip())
             except Exception as error:
-                logger.warning("event=log-tail-error pod=%s error=%r", log_key[0], api_error(error))
+                logger.warning("event=log-tail-error pod=%s error=%r", name, api_error(error))
             finally:
-                tracked.fetching.discard(log_key)
+                tracked.fetching.discard(name)
 
         self._spawn(fetch())
 
-    def _read_crash_log(self, pod: str) -> str:
-        """The crashed container's last lines; its previous run's if it restarted since."""
+    def _read_log(self, pod: str, tail: int, crashed: bool) -> str:
+        """A pod's last lines; for a crashed replica, its previous run's (the one that
+        crashed) when there is one, as `kubectl logs --previous` shows them."""
         read = self._core.read_namespaced_pod_log
-        try:
-            text = api_text(
-                read,
-                pod,
-                self.namespace,
-                container=CONTAINER,
-                tail_lines=LOG_TAIL_LINES,
-                previous=True,
-            )
-        except ApiException as error:
-            if error.status not in (400, 404):  # no previous run (yet)
-                raise
-            text = ""
-        if not text.strip():
-            text = api_text(
-                read, pod, self.namespace, container=CONTAINER, tail_lines=LOG_TAIL_LINES
-            )
-        return text
+        if crashed:
+            try:
+                text = api_text(
+                    read, pod, self.namespace, container=CONTAINER, tail_lines=tail, previous=True
+                )
+                if text.strip():
+                    return text
+            except ApiException as error:
+                if error.status not in (400, 404):  # no previous run (yet)
+                    raise
+        return api_text(read, pod, self.namespace, container=CONTAINER, tail_lines=tail)
 
     def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)

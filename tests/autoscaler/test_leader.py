@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 from kubernetes import client
 
-from autoscaler.leader import LeaderElector
+from autoscaler.leader import RBAC_RULES, LeaderElector
 from tests.kube import Cluster, start_cluster
 
 LEASE = "mlfe-autoscaler"
@@ -139,8 +139,9 @@ async def test_a_leader_that_stops_renewing_is_replaced_once_its_lease_expires(
 
 
 async def test_release_on_close_hands_over_without_waiting_for_expiry(
-    api: client.ApiClient,
+    api: client.ApiClient, cluster: Cluster
 ) -> None:
+    cluster.call(cluster.apiserver.usage.clear)
     watcher = Watcher()
     # A long Lease: a handover faster than it proves the release did the work.
     slow = {"lease_duration": 30, "renew_deadline": 20}
@@ -165,6 +166,9 @@ async def test_release_on_close_hands_over_without_waiting_for_expiry(
             ("router-a", "stop"),
             ("router-b", "start"),
         ]
+        # Create, read, renew/take over/release: exactly the verbs RBAC_RULES grant.
+        granted = {(verb, r.group, r.resource) for r in RBAC_RULES for verb in r.verbs}
+        assert cluster.api_usage() == granted
     finally:
         await second.close()
 

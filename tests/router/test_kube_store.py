@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 
 from router.config import ModelRef, parse_deployment_config, parse_inference_config
-from router.kube_store import KubernetesStore, service_map_name
+from router.kube_store import RBAC_RULES, KubernetesStore, service_map_name
 from router.store import Conflict, NotFound, ServiceRecord, StoreError, VersionRecord
 from tests.kube import Cluster, start_cluster
 
@@ -226,3 +226,19 @@ def test_an_unreachable_cluster_is_a_store_error(project: Path) -> None:
     store = KubernetesStore(client.ApiClient(configuration), NAMESPACE)
     with pytest.raises(StoreError, match="unreachable"):
         store.get_service("diabetes")
+
+
+def test_the_store_calls_exactly_what_its_rbac_rules_grant(
+    api: client.ApiClient, cluster: Cluster, project: Path
+) -> None:
+    cluster.call(cluster.apiserver.usage.clear)
+    store = KubernetesStore(api, NAMESPACE)
+    store.signing_secret()
+    created = store.create_service(service(project))
+    store.list_services()
+    store.set_desired_replicas("diabetes", "blue", 2)
+    store.all_desired_replicas()
+    updated = store.update_service(replace(created, secondary_key="rotated-secondary-key"))
+    store.delete_service("diabetes", revision=updated.revision)
+    granted = {(verb, r.group, r.resource) for r in RBAC_RULES for verb in r.verbs}
+    assert cluster.api_usage() == granted
