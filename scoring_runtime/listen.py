@@ -98,6 +98,8 @@ def serve(
         ws="none",
         lifespan="off",
         access_log=False,
+        # The runtime never reads the client address: skip X-Forwarded-For parsing.
+        proxy_headers=False,
         log_config=None,
         server_header=False,
         timeout_keep_alive=KEEP_ALIVE_S,

@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 from kubernetes import client
+from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
@@ -450,6 +451,30 @@ def build_manifests(
 
 # -- API calls -----------------------------------------------------------------------------
 
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def connect(
+    kubeconfig: str | os.PathLike[str] | None = None, namespace: str | None = None
+) -> tuple[client.ApiClient, str]:
+    """An API client and the namespace to work in.
+
+    Inside a pod (no `kubeconfig` given, KUBERNETES_SERVICE_HOST set): the pod's service
+    account and namespace. Otherwise a kubeconfig file ($KUBECONFIG or ~/.kube/config when
+    None) and its current context's namespace. `namespace` overrides either.
+    """
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        configuration = client.Configuration()
+        kube_config.load_incluster_config(client_configuration=configuration)
+        found = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+        return client.ApiClient(configuration), namespace or found
+    path = os.fspath(kubeconfig) if kubeconfig is not None else None
+    api_client = kube_config.new_client_from_config(config_file=path)
+    if namespace is None:
+        _, active = kube_config.list_kube_config_contexts(config_file=path)
+        namespace = (active.get("context") or {}).get("namespace") or "default"
+    return api_client, namespace
+
 
 def api_call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Json:
     """Call a client method and return the server's JSON as it sent it (camelCase).
@@ -768,6 +793,7 @@ class _Tracked:
     generation: int = 0  # the Deployment's metadata.generation our last write produced
     scoring_timeout: float = 60.0
     seen: bool = False  # the Deployment exists (we wrote it, or the watch showed it)
+    writing: bool = False  # a deploy() is writing: events until it returns are older
     settled: bool = False  # the current template has had `desired` replicas in rotation
     told: dict[str, _Told] = field(default_factory=dict)
     recycled: set[str] = field(default_factory=set)  # pods being replaced: never back
@@ -883,7 +909,11 @@ class KubernetesBackend:
         tracked.template_hash = manifests.template_hash
         tracked.scoring_timeout = template.scoring_timeout
         tracked.settled = False
-        written = await asyncio.to_thread(self._apply, manifests)
+        tracked.writing = True
+        try:
+            written = await asyncio.to_thread(self._apply, manifests)
+        finally:
+            tracked.writing = False
         tracked.generation = int(written.get("metadata", {}).get("generation") or 0)
         tracked.seen = True
         logger.info(
@@ -1118,7 +1148,7 @@ class KubernetesBackend:
     def _adopt(self, tracked: _Tracked, deployment: Json | None) -> None:
         """Take the replica count and template from the cluster's Deployment when it is at
         least as new as our last write (another router may have scaled or redeployed)."""
-        if deployment is None:
+        if deployment is None or tracked.writing:
             return
         tracked.seen = True
         metadata = deployment.get("metadata") or {}

@@ -20,10 +20,13 @@ from kubernetes import client
 from starlette.applications import Starlette
 
 from autoscaler.backends.base import DeploymentKey
+from autoscaler.backends.kubernetes import Json, api_call
 from router.demand import ClusterDemandSource, DemandMeters, demand_route
+from router.dispatch import Replica
 from router.metrics import RouterMetrics
 from router.registry import Registry, ServiceSpec, VersionSpec
 from router.server import bind_tcp, uvicorn_server
+from router.upstream import UpstreamPool
 from tests.kube import Cluster, start_cluster
 
 NAMESPACE = "default"
@@ -41,10 +44,11 @@ def registry_with(*services: str) -> Registry:
     return registry
 
 
-def hold(registry: Registry, service: str, count: int) -> list[object]:
+def hold(registry: Registry, service: str, count: int) -> list[Replica[UpstreamPool]]:
+    """Take `count` slots, as requests in flight do."""
     pool = registry.deployment(service, "v1").pool
-    held = [pool.try_acquire() for _ in range(count)]
-    assert all(held)
+    held = [replica for _ in range(count) if (replica := pool.try_acquire()) is not None]
+    assert len(held) == count
     return held
 
 
@@ -59,7 +63,7 @@ async def test_every_reader_averages_over_its_own_window() -> None:
     await asyncio.sleep(0.2)
     dropped = time.monotonic()
     for replica in slots:
-        pool.release(replica)  # type: ignore[arg-type]
+        pool.release(replica)
     await asyncio.sleep(0.1)
     # Someone else reads in between: the leader's window must not be cut short.
     assert meters.read("operator") == {("svc", "v1"): 0.0}
@@ -125,9 +129,9 @@ def cluster() -> Iterator[Cluster]:
         yield running
 
 
-def router_pods(name: str, replicas: int, env: dict[str, str]) -> dict[str, object]:
+def router_pods(name: str, replicas: int, env: dict[str, str]) -> Json:
     labels = {"app.kubernetes.io/name": "mlfe-router", "test/group": name}
-    variables = [{"name": k, "value": v} for k, v in env.items()]
+    variables: list[Json] = [{"name": k, "value": v} for k, v in env.items()]
     variables.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     return {
         "metadata": {"name": name, "labels": labels},
@@ -161,7 +165,8 @@ def router_pods(name: str, replicas: int, env: dict[str, str]) -> dict[str, obje
 def routers(cluster: Cluster) -> Iterator[client.ApiClient]:
     api = cluster.api_client()
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-    core.create_namespaced_service(
+    api_call(
+        core.create_namespaced_service,
         NAMESPACE,
         {
             "metadata": {"name": "mlfe-router"},
@@ -172,8 +177,12 @@ def routers(cluster: Cluster) -> Iterator[client.ApiClient]:
         },
     )
     demand = orjson.dumps({"svc/v1": 1.5, "other/v2": 0.5}).decode()
-    apps.create_namespaced_deployment(NAMESPACE, router_pods("busy", 2, {"DEMAND": demand}))
-    apps.create_namespaced_deployment(NAMESPACE, router_pods("hung", 1, {"MODE": "silent"}))
+    api_call(
+        apps.create_namespaced_deployment, NAMESPACE, router_pods("busy", 2, {"DEMAND": demand})
+    )
+    api_call(
+        apps.create_namespaced_deployment, NAMESPACE, router_pods("hung", 1, {"MODE": "silent"})
+    )
     yield api
     apps.delete_namespaced_deployment("busy", NAMESPACE)
     apps.delete_namespaced_deployment("hung", NAMESPACE)

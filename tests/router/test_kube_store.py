@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from autoscaler.backends.kubernetes import Json, api_call
 from router.config import ModelRef, parse_deployment_config, parse_inference_config
 from router.kube_store import RBAC_RULES, KubernetesStore, service_map_name
 from router.store import Conflict, NotFound, ServiceRecord, StoreError, VersionRecord
@@ -34,10 +35,10 @@ def api(cluster: Cluster) -> Iterator[client.ApiClient]:
     yield api_client
     core = client.CoreV1Api(api_client)
     # Each test starts from an empty namespace.
-    for item in core.list_namespaced_config_map(NAMESPACE).items:
-        core.delete_namespaced_config_map(item.metadata.name, NAMESPACE)
-    for item in core.list_namespaced_secret(NAMESPACE).items:
-        core.delete_namespaced_secret(item.metadata.name, NAMESPACE)
+    for item in api_call(core.list_namespaced_config_map, NAMESPACE)["items"]:
+        core.delete_namespaced_config_map(item["metadata"]["name"], NAMESPACE)
+    for item in api_call(core.list_namespaced_secret, NAMESPACE)["items"]:
+        core.delete_namespaced_secret(item["metadata"]["name"], NAMESPACE)
     api_client.close()
 
 
@@ -83,18 +84,16 @@ def service(project: Path, name: str = "diabetes") -> ServiceRecord:
 
 
 def config_map_text(api: client.ApiClient, name: str) -> str:
-    config_map = client.CoreV1Api(api).read_namespaced_config_map(service_map_name(name), NAMESPACE)
-    return repr(config_map.to_dict())
+    core = client.CoreV1Api(api)
+    return repr(api_call(core.read_namespaced_config_map, service_map_name(name), NAMESPACE))
 
 
-def key_secrets(api: client.ApiClient, name: str) -> list[client.V1Secret]:
-    return (
-        client.CoreV1Api(api)
-        .list_namespaced_secret(
-            NAMESPACE, label_selector=f"mlfe.io/kind=service-keys,mlfe.io/service={name}"
-        )
-        .items
+def key_secrets(api: client.ApiClient, name: str) -> list[Json]:
+    selector = f"mlfe.io/kind=service-keys,mlfe.io/service={name}"
+    listed = api_call(
+        client.CoreV1Api(api).list_namespaced_secret, NAMESPACE, label_selector=selector
     )
+    return list(listed["items"])
 
 
 def test_a_service_round_trips_and_its_keys_live_only_in_a_secret(
@@ -116,7 +115,7 @@ def test_a_service_round_trips_and_its_keys_live_only_in_a_secret(
     for key in ("service-primary-key", "service-secondary-key", "blue-primary-key"):
         assert key not in text, f"{key} leaked into the ConfigMap"
     [secret] = key_secrets(api, "diabetes")
-    stored = {k: base64.b64decode(v).decode() for k, v in secret.data.items()}
+    stored = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     assert set(stored.values()) >= {"service-primary-key", "blue-secondary-key"}
 
 
@@ -191,7 +190,7 @@ def test_new_keys_replace_the_secret_and_deletion_removes_everything(
     [before] = key_secrets(api, "diabetes")
     rotated = store.update_service(replace(created, primary_key="a-brand-new-key"))
     [after] = key_secrets(api, "diabetes")
-    assert after.metadata.name != before.metadata.name
+    assert after["metadata"]["name"] != before["metadata"]["name"]
     loaded = KubernetesStore(api, NAMESPACE).get_service("diabetes")
     assert loaded is not None and loaded.primary_key == "a-brand-new-key" == rotated.primary_key
 

@@ -27,7 +27,9 @@ from autoscaler.backends.kubernetes import (
     KubernetesBackend,
     ModelsVolume,
     PodOptions,
+    api_call,
     build_manifests,
+    connect,
     deployment_name,
 )
 from router.app import create_app
@@ -168,13 +170,19 @@ async def router(cluster: Cluster, models: Path) -> AsyncIterator[Router]:
             routed.api.close()
 
 
+def names(list_objects: Callable[..., object], selector: str) -> list[str]:
+    """Names of the objects a list call returns for a label selector."""
+    listed = api_call(list_objects, NAMESPACE, label_selector=selector)
+    return [item["metadata"]["name"] for item in listed["items"]]
+
+
 def _remove_everything(cluster: Cluster, api: client.ApiClient) -> None:
     """Delete what a test left behind and wait for its pod processes to end."""
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-    for item in apps.list_namespaced_deployment(NAMESPACE).items:
-        apps.delete_namespaced_deployment(item.metadata.name, NAMESPACE)
-    for item in core.list_namespaced_service(NAMESPACE, label_selector="mlfe.io/service").items:
-        core.delete_namespaced_service(item.metadata.name, NAMESPACE)
+    for name in names(apps.list_namespaced_deployment, "mlfe.io/service"):
+        apps.delete_namespaced_deployment(name, NAMESPACE)
+    for name in names(core.list_namespaced_service, "mlfe.io/service"):
+        core.delete_namespaced_service(name, NAMESPACE)
     cluster.wait_for(lambda: not cluster.pod_processes(), timeout_s=30)
 
 
@@ -240,7 +248,7 @@ def test_manifests_are_kubernetes_objects_the_client_reads_back_unchanged(
     with pytest.raises(ValueError, match="outside the models volume"):
         build_manifests(
             key,
-            template(project, model_dir="/elsewhere"),  # type: ignore[arg-type]
+            template(project, model_dir="/elsewhere"),
             1,
             namespace=NAMESPACE,
             models_volume=ModelsVolume.host(models),
@@ -317,8 +325,8 @@ async def test_deploy_serves_traffic_through_the_router_then_scales_and_deletes(
         await asyncio.gather(*clients)
     assert set(statuses) == {200}, "a request failed during the rollout"
     core = client.CoreV1Api(router.api)
-    sources = core.list_namespaced_config_map(NAMESPACE, label_selector="mlfe.io/service=iris")
-    assert len(sources.items) == 1  # same source files: the same ConfigMap
+    sources = names(core.list_namespaced_config_map, "mlfe.io/service=iris")
+    assert len(sources) == 1  # same source files: the same ConfigMap
 
     # A stuck replica is replaced by a fresh pod.
     [stuck] = [r.id for r in router.registry.deployment("iris", "v1").pool.replicas]
@@ -334,18 +342,12 @@ async def test_deploy_serves_traffic_through_the_router_then_scales_and_deletes(
     await other.backend.close()
     other.api.close()
     assert router.pool_ready(key) == 0
-    apps, core = client.AppsV1Api(router.api), client.CoreV1Api(router.api)
-    assert (
-        apps.list_namespaced_deployment(NAMESPACE, label_selector="mlfe.io/service=iris").items
-        == []
-    )
-    assert (
-        core.list_namespaced_service(NAMESPACE, label_selector="mlfe.io/service=iris").items == []
-    )
-    assert (
-        core.list_namespaced_config_map(NAMESPACE, label_selector="mlfe.io/service=iris").items
-        == []
-    )
+    for list_objects in (
+        client.AppsV1Api(router.api).list_namespaced_deployment,
+        core.list_namespaced_service,
+        core.list_namespaced_config_map,
+    ):
+        assert names(list_objects, "mlfe.io/service=iris") == []
     cluster.wait_for(lambda: not cluster.pod_processes(), timeout_s=30)
     with pytest.raises(LookupError):
         backend.status(key)
@@ -446,3 +448,14 @@ async def test_watches_resume_after_disconnects_and_compaction_without_lost_or_r
     granted = {(verb, r.group, r.resource) for r in RBAC_RULES for verb in r.verbs}
     assert used <= granted, f"calls outside RBAC_RULES: {used - granted}"
     assert {("patch", "apps", "deployments/scale"), ("watch", "", "pods")} <= used
+
+
+def test_connect_reads_the_kubeconfig_and_its_namespace(cluster: Cluster) -> None:
+    api, namespace = connect(cluster.kubeconfig_path)
+    assert namespace == "default"
+    assert (
+        api_call(client.CoreV1Api(api).read_namespace, "default")["metadata"]["name"] == "default"
+    )
+    api.close()
+    _, chosen = connect(cluster.kubeconfig_path, namespace="mlfe")
+    assert chosen == "mlfe"
