@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from openapi_spec_validator import validate
 
+from tests.helpers.processes import processes_mentioning
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "diabetes"
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
@@ -208,21 +210,6 @@ def wait_for_line(
     pytest.fail(
         f"run_example.py printed no curl line in {RUN_EXAMPLE_TIMEOUT_S} s:\n{log.read_text()}"
     )
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line mentions `text`: mlfe and the replicas of a state dir."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in command:
-            found.append(int(entry.name))
-    return found
 
 
 def run_example(port: int, state_dir: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -25,6 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers.processes import processes_mentioning
+
 SCRIPTS = Path(__file__).parent / "scripts"
 BIN = Path(sys.executable).parent
 SERVER_READY_TIMEOUT_S = 60.0
@@ -135,21 +137,6 @@ class Mlfe:
     def keys(self, name: str) -> dict[str, str]:
         keys: dict[str, str] = self.ok("service", "keys", name, "--json").json()
         return keys
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line mentions `text`: the replicas of a state dir."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in command:
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture(scope="module")
