@@ -1,15 +1,16 @@
 """What the router costs: the same load straight to a replica, through mlfe and through
 nginx, in one run.
 
-    .venv/bin/python benchmarks/router_overhead.py [--duration 10] [--connections 32]
+    .venv/bin/python benchmarks/router_overhead.py [--replica-transport tcp|uds]
+                                                   [--duration 10] [--connections 32]
 
-One `python -m scoring_runtime` replica serves a no-op entry script on a Unix socket.
-The same closed-loop load (benchmarks/loadgen.py) goes (1) to the replica directly,
+One `python -m scoring_runtime` replica serves a no-op entry script on loopback TCP (or on
+a Unix socket, as mlfe's local backend runs replicas). The same closed-loop load (benchmarks/loadgen.py) goes (1) to the replica directly,
 (2) through mlfe's router (key auth, two versions split 90/10, metrics on) and
 (3) through nginx as a keep-alive reverse proxy, when nginx is installed. The router's
 CPU time per request comes from /proc. The systems alternate in rounds so drift on a
 shared machine hits all of them; the median round is reported. Results are printed and
-written to benchmarks/results/router_overhead.json.
+written to benchmarks/results/router_overhead_TRANSPORT.json.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ from benchmarks.harness import (  # noqa: E402
 from benchmarks.loadgen import LoadConfig, LoadResult, run_load  # noqa: E402
 
 ENTRY_SCRIPT = ROOT / "benchmarks" / "scripts" / "noop_score.py"
-RESULTS = ROOT / "benchmarks" / "results" / "router_overhead.json"
+RESULTS = ROOT / "benchmarks" / "results" / "router_overhead"
 KEY = "benchmark-primary-key-0123456789abcdef0123"
 BODY = b'{"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]}'
 SLOTS = 8
@@ -61,7 +63,7 @@ http {{
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
-    upstream replica {{ server unix:{socket}; keepalive 64; }}
+    upstream replica {{ server {upstream}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{port};
         location / {{ return 200 "Healthy"; }}
@@ -96,18 +98,44 @@ async def serve_router(port: int, replica: str) -> None:
     await server.serve(sockets=[bind_tcp("127.0.0.1", port)])
 
 
-def replica_spec(socket_path: Path) -> ServerSpec:
+@dataclass(frozen=True)
+class ReplicaAddress:
+    """Where the replica listens, in the forms each client names it."""
+
+    uds: Path | None
+    port: int | None
+
+    @property
+    def runtime_args(self) -> tuple[str, ...]:
+        return ("--uds", str(self.uds)) if self.uds else ("--port", str(self.port))
+
+    @property
+    def ready_url(self) -> str:
+        return f"unix:{self.uds}" if self.uds else f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def score_url(self) -> str:
+        """For the load generator."""
+        return f"unix:{self.uds}:/score" if self.uds else f"http://127.0.0.1:{self.port}/score"
+
+    @property
+    def upstream(self) -> str:
+        """For mlfe's router and nginx."""
+        return f"unix:{self.uds}" if self.uds else f"127.0.0.1:{self.port}"
+
+
+def replica_spec(replica: ReplicaAddress) -> ServerSpec:
     argv = (sys.executable, "-m", "scoring_runtime", "--entry-script", str(ENTRY_SCRIPT))
-    argv += ("--uds", str(socket_path), "--max-concurrent", str(SLOTS))
-    return ServerSpec("replica", argv, f"unix:{socket_path}")
+    argv += (*replica.runtime_args, "--max-concurrent", str(SLOTS))
+    return ServerSpec("replica", argv, replica.ready_url)
 
 
-def router_spec(port: int, socket_path: Path) -> ServerSpec:
-    argv = (sys.executable, __file__, "--serve-router", str(port), f"unix:{socket_path}")
+def router_spec(port: int, replica: ReplicaAddress) -> ServerSpec:
+    argv = (sys.executable, __file__, "--serve-router", str(port), replica.upstream)
     return ServerSpec("mlfe", argv, f"http://127.0.0.1:{port}/healthz")
 
 
-def nginx_spec(port: int, socket_path: Path, workdir: Path) -> ServerSpec | None:
+def nginx_spec(port: int, replica: ReplicaAddress, workdir: Path) -> ServerSpec | None:
     nginx = shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
@@ -116,7 +144,7 @@ def nginx_spec(port: int, socket_path: Path, workdir: Path) -> ServerSpec | None
     conf = workdir / "nginx.conf"
     # nginx drops root for its worker (to nobody), which could not open the replica's socket.
     user = "user root;" if os.geteuid() == 0 else ""
-    conf.write_text(NGINX_CONF.format(user=user, dir=workdir, socket=socket_path, port=port))
+    conf.write_text(NGINX_CONF.format(user=user, dir=workdir, upstream=replica.upstream, port=port))
     return ServerSpec(
         "nginx",
         (nginx, "-c", str(conf), "-e", str(workdir / "nginx-error.log")),
@@ -173,20 +201,23 @@ def summarize(name: str, runs: list[tuple[LoadResult, list[float]]]) -> dict[str
 
 async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="mlfe-bench-"))
-    socket_path = workdir / "replica.sock"
+    replica_address = ReplicaAddress(
+        uds=workdir / "replica.sock" if args.replica_transport == "uds" else None,
+        port=free_port() if args.replica_transport == "tcp" else None,
+    )
     router_port, nginx_port = free_port(), free_port()
     runs: dict[str, list[tuple[LoadResult, list[float]]]] = {}
     try:
-        with running(replica_spec(socket_path), workdir) as replica:
+        with running(replica_spec(replica_address), workdir) as replica:
             servers: dict[str, tuple[str, RunningServer | None]] = {
-                "direct": (f"unix:{socket_path}:/score", None)
+                "direct": (replica_address.score_url, None)
             }
-            with running(router_spec(router_port, socket_path), workdir) as router:
+            with running(router_spec(router_port, replica_address), workdir) as router:
                 servers["mlfe"] = (
                     f"http://127.0.0.1:{router_port}/api/v1/service/bench/score",
                     router,
                 )
-                spec = nginx_spec(nginx_port, socket_path, workdir)
+                spec = nginx_spec(nginx_port, replica_address, workdir)
                 nginx_note = "nginx not installed: skipped" if spec is None else "measured"
                 if spec is None:
                     print(nginx_note, flush=True)
@@ -212,6 +243,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python benchmarks/router_overhead.py " + " ".join(args.argv),
         "machine": machine_info(),
         "connections": args.connections,
+        "replica_transport": args.replica_transport,
         "duration_s": args.duration,
         "rounds": args.rounds,
         "nginx": nginx_note,
@@ -269,9 +301,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--replica-transport",
+        choices=("tcp", "uds"),
+        default="tcp",
+        help="how every client reaches the replica: loopback TCP (as the load generator "
+        "reaches the proxies) or a Unix socket (as mlfe's local backend runs replicas)",
+    )
+    parser.add_argument(
+        "--output", type=Path, help="default: benchmarks/results/router_overhead_TRANSPORT.json"
+    )
     args = parser.parse_args(argv)
     args.argv = list(argv)
+    if args.output is None:
+        args.output = RESULTS.with_name(f"router_overhead_{args.replica_transport}.json")
     return args
 
 

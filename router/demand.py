@@ -7,10 +7,10 @@ runs the autoscaler must see the sum. Each pod serves `GET /internal/demand` (JS
 through the router Service's EndpointSlices, asks each of them every period, and hands
 the sums to its control loop as an ordinary `DemandSource`.
 
-A pool's `read_demand()` averages since its previous call, so two readers would each see
-half a window. `DemandMeters` is therefore the pools' one reader and keeps a window per
-reader (the leader names itself in `?reader=`): a new leader, or a curious operator with
-curl, never disturbs what the current leader measures.
+Each reader (the leader names itself in `?reader=`) averages over its own window, from
+the pools' cumulative demand (`ReplicaPool.demand_area()`), which reading never changes:
+a new leader, or a curious operator with curl, never disturbs what the current leader
+measures, nor what this router's own control loop reads.
 """
 
 from __future__ import annotations
@@ -55,24 +55,18 @@ Key = tuple[str, str]  # (service, version)
 
 
 @dataclass(eq=False)
-class _Window:
-    area: float = 0.0  # ∫ demand dt since `since`
-    since: float = 0.0
-
-
-@dataclass(eq=False)
 class _Reader:
+    """What one reader saw at its previous read of each pool: (pool, area, time)."""
+
     last_read: float
-    windows: dict[Key, _Window] = field(default_factory=dict)
+    seen: dict[Key, tuple[ReplicaPool[Any], float, float]] = field(default_factory=dict)
 
 
 class DemandMeters:
     """Time-averaged demand per deployment, with a separate window for every reader.
 
-    The only caller of the pools' destructive `read_demand()`: each read collects what
-    the pools accumulated since the previous read (of any reader) and adds it to every
-    reader's windows. A reader's first read of a deployment gives the demand at that
-    instant; later reads give the average since its previous one.
+    A reader's first read of a deployment (or of a pool that replaced its previous one)
+    gives the demand at that instant; later reads give the average since its previous one.
     """
 
     def __init__(
@@ -88,56 +82,35 @@ class DemandMeters:
         self.max_readers = max_readers
         self.idle_after = idle_after
         self._readers: dict[str, _Reader] = {}
-        self._pool_read_at: dict[Key, tuple[ReplicaPool[Any], float]] = {}
-        self._collected_at = clock()
 
     def read(self, reader: str) -> dict[Key, float]:
         """Every deployment's average demand since `reader` last read it."""
-        now = self._collect()
-        state = self._reader(reader, now)
-        state.last_read = now
-        return {key: self._take(state, key, pool, now) for key, pool in self._pools()}
+        state = self._reader(reader)
+        pools = self._pools()
+        averages = {key: _average(state, key, pool) for key, pool in pools.items()}
+        # A deployment that is gone is forgotten: a new one of that name starts afresh.
+        state.seen = {key: seen for key, seen in state.seen.items() if key in pools}
+        return averages
 
     def read_one(self, reader: str, key: Key) -> float:
         """One deployment's average demand since `reader` last read that deployment."""
-        now = self._collect()
-        state = self._reader(reader, now)
-        state.last_read = now
-        for candidate, pool in self._pools():
-            if candidate == key:
-                return self._take(state, key, pool, now)
-        return 0.0
+        state = self._reader(reader)
+        pool = self._pools().get(key)
+        return 0.0 if pool is None else _average(state, key, pool)
 
     def source(self, reader: str) -> MeterDemandSource:
         """A `DemandSource` over this router's pools alone, for a control loop."""
         return MeterDemandSource(self, reader)
 
-    def _pools(self) -> list[tuple[Key, ReplicaPool[Any]]]:
-        return [
-            ((route.name, version), deployment.pool)
+    def _pools(self) -> dict[Key, ReplicaPool[Any]]:
+        return {
+            (route.name, version): deployment.pool
             for route in self.registry.routes.values()
             for version, deployment in route.deployments.items()
-        ]
+        }
 
-    def _collect(self) -> float:
+    def _reader(self, name: str) -> _Reader:
         now = self._clock()
-        seen: dict[Key, tuple[ReplicaPool[Any], float]] = {}
-        for key, pool in self._pools():
-            previous = self._pool_read_at.get(key)
-            # A pool first seen (or replaced) started its window at most at the last
-            # collection: counting from there errs by a little, once.
-            start = previous[1] if previous and previous[0] is pool else self._collected_at
-            area = pool.read_demand() * max(0.0, now - start)
-            seen[key] = (pool, now)
-            for state in self._readers.values():
-                window = state.windows.get(key)
-                if window is not None:
-                    window.area += area
-        self._pool_read_at = seen
-        self._collected_at = now
-        return now
-
-    def _reader(self, name: str, now: float) -> _Reader:
         state = self._readers.get(name)
         if state is None:
             for stale in [
@@ -148,15 +121,17 @@ class DemandMeters:
                 oldest = min(self._readers, key=lambda n: self._readers[n].last_read)
                 del self._readers[oldest]
             state = self._readers[name] = _Reader(now)
+        state.last_read = now
         return state
 
-    @staticmethod
-    def _take(state: _Reader, key: Key, pool: ReplicaPool[Any], now: float) -> float:
-        window = state.windows.get(key)
-        state.windows[key] = _Window(0.0, now)
-        if window is None or now <= window.since:
-            return float(pool.in_flight + pool.waiting)
-        return window.area / (now - window.since)
+
+def _average(state: _Reader, key: Key, pool: ReplicaPool[Any]) -> float:
+    area, now = pool.demand_area()
+    previous = state.seen.get(key)
+    state.seen[key] = (pool, area, now)
+    if previous is None or previous[0] is not pool or now <= previous[2]:
+        return float(pool.demand)
+    return (area - previous[1]) / (now - previous[2])
 
 
 @dataclass(frozen=True)

@@ -94,9 +94,12 @@ class ReplicaPool(Generic[T]):
         # middle in O(1).
         self._waiters: OrderedDict[asyncio.Future[Replica[T]], _Waiter] = OrderedDict()
         self._drained: dict[Replica[T], asyncio.Future[None]] = {}
-        # Demand integral since the last read_demand(): ∫ (in_flight + waiting) dt.
-        self._window_start = self._changed_at = clock()
-        self._area = 0.0
+        # ∫ (in_flight + waiting) dt since the pool was made, up to `_changed_at`.
+        self._changed_at = clock()
+        self._total_area = 0.0
+        # read_demand()'s own reading of it, as of its previous call.
+        self._read_at = self._changed_at
+        self._read_area = 0.0
 
     # -- state ---------------------------------------------------------------------------
 
@@ -130,20 +133,33 @@ class ReplicaPool(Generic[T]):
     def get(self, replica_id: str) -> Replica[T] | None:
         return self._replicas.get(replica_id)
 
-    def read_demand(self) -> float:
-        """Time-averaged in_flight + waiting since the previous call (the autoscaler's input)."""
+    @property
+    def demand(self) -> int:
+        """The demand level now: requests in flight plus requests waiting."""
+        return self._in_flight + len(self._waiters)
+
+    def demand_area(self) -> tuple[float, float]:
+        """(∫ demand dt from the pool's start until now, now).
+
+        Reading it changes nothing, so any number of readers each keep the pair from
+        their previous call and average over their own window: (Δarea / Δnow).
+        """
         now = self._clock()
-        level = self._in_flight + len(self._waiters)
-        area = self._area + level * (now - self._changed_at)
-        elapsed = now - self._window_start
-        self._window_start = self._changed_at = now
-        self._area = 0.0
-        return area / elapsed if elapsed > 0 else float(level)
+        return self._total_area + self.demand * (now - self._changed_at), now
+
+    def read_demand(self) -> float:
+        """Time-averaged demand since the previous call (or since the pool's start): the
+        local control loop's reading. Other readers use `demand_area()` themselves."""
+        area, now = self.demand_area()
+        elapsed = now - self._read_at
+        average = (area - self._read_area) / elapsed if elapsed > 0 else float(self.demand)
+        self._read_area, self._read_at = area, now
+        return average
 
     def _integrate(self) -> None:
         """Account for the demand level so far; called before every change to it."""
         now = self._clock()
-        self._area += (self._in_flight + len(self._waiters)) * (now - self._changed_at)
+        self._total_area += (self._in_flight + len(self._waiters)) * (now - self._changed_at)
         self._changed_at = now
 
     # -- replicas ------------------------------------------------------------------------

@@ -65,7 +65,7 @@ from router.store import (
     ServiceRecord,
     StoreError,
     VersionRecord,
-    _check_record,
+    check_record,
 )
 
 logger = logging.getLogger("mlfe.store")
@@ -192,7 +192,7 @@ class KubernetesStore:
         raise StoreError(f"the keys of service {name!r} are missing from the cluster")
 
     def create_service(self, record: ServiceRecord) -> ServiceRecord:
-        _check_record(record)
+        check_record(record)
         return self._call(self._create_service, record)
 
     def _create_service(self, record: ServiceRecord) -> ServiceRecord:
@@ -214,7 +214,7 @@ class KubernetesStore:
         return replace(record, revision=1, created_at=now, updated_at=now)
 
     def update_service(self, record: ServiceRecord) -> ServiceRecord:
-        _check_record(record)
+        check_record(record)
         return self._call(self._update_service, record)
 
     def _update_service(self, record: ServiceRecord) -> ServiceRecord:

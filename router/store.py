@@ -347,7 +347,7 @@ class SqliteStore:
         return found[0] if found else None
 
     def create_service(self, record: ServiceRecord) -> ServiceRecord:
-        _check_record(record)
+        check_record(record)
         now = self._clock()
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM services WHERE name = ?", (record.name,)).fetchone():
@@ -372,7 +372,7 @@ class SqliteStore:
         return replace(record, revision=1, created_at=now, updated_at=now)
 
     def update_service(self, record: ServiceRecord) -> ServiceRecord:
-        _check_record(record)
+        check_record(record)
         now = self._clock()
         with self._transaction() as db:
             revision, created_at = _current_revision(db, record.name)
@@ -475,7 +475,7 @@ def _create_private_file(path: Path) -> None:
         os.close(fd)
 
 
-def _check_record(record: ServiceRecord) -> None:
+def check_record(record: ServiceRecord) -> None:
     """Refuse what would store a service no router could load back."""
     validate_service_name(record.name)
     if record.auth_mode not in _AUTH_MODES:

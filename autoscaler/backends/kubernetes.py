@@ -320,7 +320,9 @@ def build_manifests(
     env: dict[str, str] = dict(template.environment)
     volumes: list[Json] = []
     mounts: list[Json] = []
-    args = ["--port", str(PORT)]
+    # The runtime binds 127.0.0.1 unless told otherwise; in a pod that would hide it
+    # from the kubelet's probes and from the routers, which reach it at the pod IP.
+    args = ["--host", "0.0.0.0", "--port", str(PORT)]
 
     source_map: Json | None = None
     if options.source_in_image:

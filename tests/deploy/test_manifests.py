@@ -683,12 +683,6 @@ def test_the_runtime_image_serves_on_the_port_the_backend_probes() -> None:
     assert str(config.source_dir) == kube_backend.SOURCE_MOUNT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the backend's replica args are only `--port 5001`, so the runtime binds"
-    " 127.0.0.1 and the kubelet's probes of the pod IP fail on a real cluster (the test"
-    " cluster's kubelet appends --host); the pod spec must add `--host 0.0.0.0`",
-)
 def test_replicas_listen_on_the_pod_address() -> None:
     container = replica_container()
     environment = {e["name"]: e["value"] for e in container["env"]}

@@ -1,7 +1,8 @@
 """The fake kubelet: runs each pod's containers as real local processes.
 
 Pod networking is emulated with one loopback address per pod (`<subnet>.N`, the pod IP);
-a `python -m scoring_runtime` container gets `--host <podIP>` appended so it listens
+a `python -m scoring_runtime` container that binds no address or the wildcard (as in a
+pod, where that means the pod's own interfaces) gets `--host <podIP>` appended so it listens
 there, and `python` is this interpreter. Volumes and paths are mapped as `volumes.py`
 says. Each container runs in its own process group, which is killed when the pod is
 deleted (SIGTERM, then SIGKILL after the grace period) and when the cluster stops.
@@ -64,6 +65,20 @@ _PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "SYSTEMROO
 _CRASH_STUB = (
     "import sys; sys.stderr.write('mlfe test cluster: injected crash\\n'); sys.exit({code})"
 )
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def _binds_every_address(argv: Sequence[str]) -> bool:
+    """Whether a runtime command line leaves its address open or binds the wildcard."""
+    host: str | None = None
+    for index, part in enumerate(argv):
+        if part == "--host" and index + 1 < len(argv):
+            host = argv[index + 1]
+        elif part.startswith("--host="):
+            host = part.removeprefix("--host=")
+    return host is None or host in _WILDCARD_HOSTS
+
+
 # A container that ran this long without exiting has its back-off reset (kubelet: 10 min).
 _BACKOFF_RESET_FACTOR = 2
 _RETRY_S = 1.0
@@ -448,7 +463,9 @@ class PodWorker:
         argv = [rewrite_path(expand(part, variables), mounts) for part in command + args]
         if argv and argv[0] in _PYTHON_NAMES:
             argv[0] = sys.executable
-        if "scoring_runtime" in argv and "--host" not in argv:
+        if "scoring_runtime" in argv and _binds_every_address(argv):
+            # In a pod, the wildcard address is the pod's own network namespace; here it
+            # would be every loopback pod's. The runtime's parser takes the last --host.
             argv += ["--host", str(self.ip)]
         fault = self.kubelet.faults.find(CRASH, self.pod)
         if fault is not None:

@@ -84,6 +84,32 @@ async def test_every_reader_averages_over_its_own_window() -> None:
     assert source.read_demand(DeploymentKey("svc", "nope")) == 0.0
 
 
+async def test_meters_and_the_pools_own_reader_share_one_account() -> None:
+    registry = registry_with("svc")
+    pool = registry.deployment("svc", "v1").pool
+    meters = DemandMeters(registry)
+    pool.read_demand()
+    assert meters.read("leader") == {("svc", "v1"): 0.0}
+    slots = hold(registry, "svc", 2)
+    await asyncio.sleep(0.1)
+    for replica in slots:
+        pool.release(replica)
+    await asyncio.sleep(0.1)
+    # Both saw the same half-busy window; neither read cut the other's short.
+    leader = meters.read("leader")[("svc", "v1")]
+    local = pool.read_demand()
+    assert leader == pytest.approx(1.0, abs=0.25)
+    assert local == pytest.approx(leader, rel=0.05)
+
+    # A deployment that goes away and comes back is measured afresh.
+    registry.remove_service("svc")
+    assert meters.read("leader") == {}
+    registry.set_service(ServiceSpec("svc", (VersionSpec("v1", slots_per_replica=4),), "v1", auth_mode="none"))
+    registry.add_replica("svc", "v1", "r1", "127.0.0.1:9")
+    hold(registry, "svc", 1)
+    assert meters.read("leader") == {("svc", "v1"): 1.0}
+
+
 @pytest.fixture
 async def demand_url() -> AsyncIterator[tuple[str, Registry]]:
     registry = registry_with("svc", "other")

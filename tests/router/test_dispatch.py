@@ -588,6 +588,33 @@ def test_demand_counts_waiting_requests(loop: ManualTimeLoop) -> None:
     run(loop, scenario)
 
 
+def test_demand_area_is_cumulative_and_reading_it_disturbs_no_one(loop: ManualTimeLoop) -> None:
+    async def scenario() -> None:
+        pool = make_pool(loop, slots=2, wait=60)
+        pool.add("r1", "a")
+        assert pool.demand_area() == (0.0, 1000.0)
+        held = [pool.try_acquire(), pool.try_acquire()]
+        assert all(held) and pool.demand == 2
+        loop.now += 1.0
+        # Two readers and the loop's own read_demand() interleave; each sees its window.
+        first_area, first_at = pool.demand_area()
+        assert (first_area, first_at) == (pytest.approx(2.0), 1001.0)
+        assert pool.read_demand() == pytest.approx(2.0)  # since the pool's start
+        loop.now += 1.0
+        second_area, second_at = pool.demand_area()
+        assert second_area == pytest.approx(4.0)
+        pool.release(held[0])
+        loop.now += 2.0  # one in flight for 2 s
+        area, now = pool.demand_area()
+        assert (area - first_area) / (now - first_at) == pytest.approx(4 / 3)
+        assert (area - second_area) / (now - second_at) == pytest.approx(1.0)
+        assert pool.read_demand() == pytest.approx(4 / 3)
+        # Still cumulative: nobody's read reset it.
+        assert pool.demand_area()[0] == pytest.approx(6.0)
+
+    run(loop, scenario)
+
+
 # -- random interleavings ------------------------------------------------------------------
 
 
