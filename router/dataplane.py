@@ -41,6 +41,7 @@ JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 WWW_AUTHENTICATE = (b"www-authenticate", b"Bearer")
 RETRY_AFTER = (b"retry-after", b"1")
 CONNECTION_CLOSE = (b"connection", b"close")
+FORWARDED_METHODS = frozenset(("POST", "GET", "OPTIONS"))
 # Headers the router sets on the response itself; the replica's copies are dropped.
 OWN_RESPONSE_HEADERS = frozenset(
     (b"x-request-id", b"x-ms-client-request-id", b"azureml-model-deployment")
@@ -138,11 +139,13 @@ class DataPlane:
             await send_error(send, 404, f"Service '{name}' not found", echo)
             return
         method: str = scope["method"]
-        if method not in ("POST", "GET"):
+        if method not in FORWARDED_METHODS:
             self.registry.metrics.count_unrouted(405)
             await send_error(send, 405, f"Method {method} not allowed on /score", echo)
             return
-        problem = route.auth.authenticate(authorization)
+        # A browser's CORS preflight never carries credentials; the replica answers it
+        # for the origins in its AML_CORS_ORIGINS.
+        problem = None if method == "OPTIONS" else route.auth.authenticate(authorization)
         if problem is not None:
             self.registry.metrics.count_unrouted(401)
             await send_error(send, 401, problem, [*echo, WWW_AUTHENTICATE])

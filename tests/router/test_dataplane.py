@@ -93,6 +93,14 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RuntimeP
 
 
 @pytest.fixture
+def cors_replica() -> Iterator[RuntimeProcess]:
+    """A replica that allows one browser origin."""
+    started = start_runtime(BEHAVE, uds=True, args=["--cors-origins", "https://app.example"])
+    yield started
+    started.stop()
+
+
+@pytest.fixture
 def replica() -> Iterator[RuntimeProcess]:
     """A replica of the behaving script for tests that may kill it."""
     started = start_runtime(BEHAVE, uds=True)
@@ -439,3 +447,17 @@ async def test_metrics_count_requests_by_version_and_code(
     assert 'mlfe_requests_total{code="200",service="svc",version="a"} 1.0' in text
     assert 'mlfe_unrouted_requests_total{code="401"} 1.0' in text
     assert 'mlfe_replicas{service="svc",state="ready",version="a"} 1.0' in text
+
+
+async def test_cors_preflight_reaches_the_replica_without_credentials(
+    router: Router, cors_replica: RuntimeProcess
+) -> None:
+    router.deploy({"a": [address(cors_replica)]})
+    preflight = await router.client.options(
+        "/api/v1/service/svc/score",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+    put = await router.client.put("/api/v1/service/svc/score", content=b"{}")
+    assert_json_error(put, 405)
