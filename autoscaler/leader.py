@@ -27,7 +27,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from autoscaler.backends.kubernetes import ApiPermission, Json, api_call, api_error
+from autoscaler.backends.kube_api import ApiPermission, Json, api_call, api_error
 
 logger = logging.getLogger("mlfe.autoscaler.leader")
 

@@ -4,6 +4,12 @@ One asyncio task per autoscaled deployment. The decision is `ScalingPolicy`'s; t
 only measures (through a `DemandSource`), applies (through a `ReplicaBackend`) and logs
 one line whenever the decided count changes. A deployment with a fixed `numReplicas` is
 deployed once and gets no task.
+
+With several routers (Kubernetes) only the leader acts (`should_act`). The others keep
+reading demand and act on nothing. A loop that starts to act adopts the count the
+backend runs (the previous leader's) and starts its policy afresh from it, so a
+takeover scales up at once but removes no replica before a whole scale-down window of
+its own measurements says so.
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ class _Controlled:
     current: int
     last: Decision | None = None
     task: asyncio.Task[None] | None = None
+    # `current` may be someone else's by now (another router's, or from before a
+    # restart): take the backend's count before acting.
+    adopt: bool = False
 
 
 class ControlLoop:
@@ -80,27 +89,52 @@ class ControlLoop:
         self._clock = clock
         self._sleep = sleep
         # Only one router may scale a deployment (leader election on Kubernetes); the
-        # others keep reading demand so their averages stay current, and act on nothing.
+        # others keep reading demand so their readers stay current, and act on nothing.
         self._should_act = should_act
         self._controlled: dict[DeploymentKey, _Controlled] = {}
 
+    @property
+    def acting(self) -> bool:
+        """Whether this loop scales deployments now (it leads, or nobody needs to)."""
+        return self._should_act()
+
     async def deploy(
-        self, key: DeploymentKey, template: ReplicaTemplate, scaling: Scaling, *, warm: int = 0
+        self,
+        key: DeploymentKey,
+        template: ReplicaTemplate,
+        scaling: Scaling,
+        *,
+        warm: int = 0,
+        initial: int | None = None,
     ) -> None:
-        """Deploy (or redeploy) `key` and control its count from now on."""
+        """Deploy (or redeploy) `key` and control its count from now on.
+
+        An autoscaled deployment starts at `initial` (a restored count) when given, else
+        at the count a redeploy keeps, else at its minimum; always within its bounds.
+        """
         previous = self._controlled.get(key)
         await self._stop_task(key)
         if isinstance(scaling, FixedReplicas):
             await self.backend.deploy(key, template, scaling.replicas, warm)
             return
-        # A redeploy keeps the count demand called for, within the new bounds.
-        initial = scaling.config.clamp(previous.current if previous else 0)
-        await self.backend.deploy(key, template, initial, warm)
-        controlled = _Controlled(
-            key, ScalingPolicy(scaling.config), scaling.refresh_period, initial
-        )
-        controlled.task = asyncio.create_task(self._run(controlled), name=f"autoscale {key}")
-        self._controlled[key] = controlled
+        if initial is None and previous is not None:
+            # A redeploy keeps the count demand called for, within the new bounds.
+            initial = self._running_count(previous)
+        start = scaling.config.clamp(initial or 0)
+        await self.backend.deploy(key, template, start, warm)
+        self._start(key, scaling, start, adopt=False)
+
+    async def follow(self, key: DeploymentKey, scaling: Scaling) -> None:
+        """Control the count of a deployment that runs already without deploying it: one
+        another router deployed, or this router before a restart. The count is the
+        backend's until this loop changes it."""
+        await self._stop_task(key)
+        if isinstance(scaling, Autoscale):
+            self._start(key, scaling, 0, adopt=True)
+
+    def controls(self, key: DeploymentKey) -> bool:
+        """Whether `key` is an autoscaled deployment of this loop."""
+        return key in self._controlled
 
     def reconfigure(self, key: DeploymentKey, config: ScalingConfig) -> None:
         """New autoscaler bounds or target for a running deployment; its history stays."""
@@ -110,6 +144,10 @@ class ControlLoop:
         """Stop controlling `key` and delete its replicas."""
         await self._stop_task(key)
         await self.backend.delete(key)
+
+    async def release(self, key: DeploymentKey) -> None:
+        """Stop controlling `key` and leave its replicas to whoever deletes them."""
+        await self._stop_task(key)
 
     async def close(self) -> None:
         """Stop every control task; the replicas stay (the backend's owner closes it)."""
@@ -122,9 +160,27 @@ class ControlLoop:
         return controlled.last if controlled else None
 
     def desired(self, key: DeploymentKey) -> int | None:
-        """The replica count last applied to an autoscaled deployment."""
+        """The replica count last applied to an autoscaled deployment (None until this
+        loop knows it: not controlled, or following a count it has not adopted yet)."""
         controlled = self._controlled.get(key)
-        return controlled.current if controlled else None
+        return controlled.current if controlled and not controlled.adopt else None
+
+    def _start(self, key: DeploymentKey, scaling: Autoscale, current: int, *, adopt: bool) -> None:
+        controlled = _Controlled(
+            key, ScalingPolicy(scaling.config), scaling.refresh_period, current, adopt=adopt
+        )
+        controlled.task = asyncio.create_task(self._run(controlled), name=f"autoscale {key}")
+        self._controlled[key] = controlled
+
+    def _running_count(self, controlled: _Controlled) -> int:
+        """The count a deployment runs at: ours if we applied it, else the backend's
+        (the leader's, which a follower's `current` does not follow)."""
+        if not controlled.adopt and self._should_act():
+            return controlled.current
+        try:
+            return self.backend.status(controlled.key).desired
+        except LookupError:
+            return controlled.current
 
     async def _stop_task(self, key: DeploymentKey) -> None:
         controlled = self._controlled.pop(key, None)
@@ -153,7 +209,18 @@ class ControlLoop:
         """One control step: measure, decide, apply if the count changes."""
         demand = self.demand.read_demand(controlled.key)
         if not self._should_act():
+            controlled.adopt = True  # the leader may change the count meanwhile
             return
+        if controlled.adopt:
+            try:
+                current = self.backend.status(controlled.key).desired
+            except LookupError:
+                return  # not deployed (yet): nothing to scale
+            # Fresh history: the policy's first decision counts these replicas as needed
+            # until now, so none goes before a scale-down window of our own demand.
+            controlled.policy = ScalingPolicy(controlled.policy.config)
+            controlled.current, controlled.adopt = current, False
+            logger.info("event=adopt deployment=%s replicas=%d", controlled.key, current)
         decision = controlled.policy.decide(demand, controlled.current, now)
         controlled.last = decision
         if decision.desired == controlled.current:

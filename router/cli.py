@@ -1,6 +1,7 @@
 """`mlfe`: serve, deploy and roll out scoring services from the command line.
 
     mlfe serve [--port 8080] [--state-dir DIR]
+    mlfe serve --backend kubernetes [--kubeconfig FILE] [--namespace NS]
     mlfe deploy -n diabetes --ic inferenceconfig.json --dc deploymentconfig.json -m model:1:./model
     mlfe service list|show|keys|regen-key|get-access-token|logs|update|delete ...
     mlfe endpoint create-version|update-version|delete-version ...
@@ -30,6 +31,8 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 import httpx
+
+from router import serve_settings
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_PORT = 8080
@@ -670,18 +673,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the router in the foreground until SIGINT or SIGTERM."""
     # Imported here: the server pulls in uvicorn, Starlette and the backends, which
     # every other command would pay for at start.
-    from router.serve import ServeSettings, run
+    from router.serve import run
 
-    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(os.environ)
-    settings = ServeSettings(
-        host=args.host,
-        port=args.port,
-        state_dir=state_dir.expanduser(),
-        backend=args.backend,
-        log_level=args.log_level,
-        max_body=args.max_body,
-        public_url=args.public_url,
-    )
+    try:
+        settings = serve_settings.settings_from(args, os.environ)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     return run(settings)
 
 
@@ -839,28 +836,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = commands.add_parser(
-        "serve", help="run the router, autoscaler and local replicas in the foreground"
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
-    serve.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any)"
+        "serve",
+        help="run the router and autoscaler in the foreground (replicas here, or in a cluster)",
     )
     serve.add_argument(
         "--state-dir",
         default=argparse.SUPPRESS,
         help="services, keys and replica logs (env MLFE_STATE_DIR; default ~/.mlfe)",
     )
-    serve.add_argument("--backend", default="local", choices=["local", "kubernetes"])
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument(
-        "--max-body",
-        type=int,
-        default=100 * 1024 * 1024,
-        help="largest scoring request body in bytes (default 100 MB)",
-    )
-    serve.add_argument(
-        "--public-url", help="base of the scoring URIs shown to users (default http://HOST:PORT)"
-    )
+    serve_settings.add_arguments(serve, state_dir=False)
     serve.set_defaults(local=cmd_serve, parser=serve)
 
     deploy = commands.add_parser(

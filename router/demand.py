@@ -31,12 +31,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from autoscaler.backends.base import DeploymentKey
-from autoscaler.backends.kubernetes import (
-    LABEL_SERVICE_NAME,
-    ApiPermission,
-    Informer,
-    slice_endpoints,
-)
+from autoscaler.backends.kube_api import ApiPermission
+from autoscaler.backends.kube_manifests import LABEL_SERVICE_NAME
+from autoscaler.backends.kube_watch import Informer, slice_endpoints
 from router.dispatch import ReplicaPool
 from router.registry import Registry
 

@@ -19,7 +19,8 @@ leaves at most an unreferenced Secret, removed with the service; a reader never 
 a record with keys from another write.
 
 Calls block on the API server (milliseconds on a healthy cluster): call from a worker
-thread where that matters.
+thread where that matters. `ServiceWatch` tells a router when any router changed a
+service, so each can follow what the others do.
 """
 
 from __future__ import annotations
@@ -39,17 +40,20 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from autoscaler.backends.kubernetes import (
+from autoscaler.backends.kube_api import (
     CONFLICT_RETRIES,
-    LABEL_KIND,
-    LABEL_MANAGED_BY,
-    LABEL_SERVICE,
-    MANAGED_BY,
     ApiPermission,
     Json,
     api_call,
     api_error,
 )
+from autoscaler.backends.kube_manifests import (
+    LABEL_KIND,
+    LABEL_MANAGED_BY,
+    LABEL_SERVICE,
+    MANAGED_BY,
+)
+from autoscaler.backends.kube_watch import Informer
 from router.config import (
     ConfigError,
     ModelRef,
@@ -71,7 +75,7 @@ from router.store import (
 logger = logging.getLogger("mlfe.store")
 
 RBAC_RULES: tuple[ApiPermission, ...] = (
-    ApiPermission("", "configmaps", ("create", "delete", "get", "list", "update")),
+    ApiPermission("", "configmaps", ("create", "delete", "get", "list", "update", "watch")),
     ApiPermission("", "secrets", ("create", "delete", "get", "list")),
 )
 
@@ -470,6 +474,46 @@ class KubernetesStore:
                 KEYS_SECRET: keys_secret,
             },
         }
+
+
+class ServiceWatch:
+    """Calls `on_change(service)` on the event loop whenever a service's record changes
+    in the cluster store, whoever changed it. Replica counts alone are no change."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        namespace: str,
+        on_change: Callable[[str], None],
+        *,
+        watch_timeout: int = 300,
+    ) -> None:
+        self._on_change = on_change
+        self.informer = Informer(
+            client.CoreV1Api(api_client).list_namespaced_config_map,
+            namespace,
+            label_selector=f"{LABEL_KIND}={SERVICE_KIND}",
+            on_change=self._changed,
+            watch_timeout=watch_timeout,
+            name="service configmaps",
+        )
+
+    async def start(self) -> None:
+        """Start watching; returns once the first list is in (changes from then on)."""
+        self.informer.start()
+        await self.informer.synced()
+
+    async def stop(self) -> None:
+        await self.informer.stop()
+
+    def _changed(self, name: str, old: Json | None, new: Json | None) -> None:
+        if old is not None and new is not None and _revision(old) == _revision(new):
+            return  # the autoscaler's count, or nothing a router acts on
+        self._on_change(name.removeprefix("mlfe-service-"))
+
+
+def _revision(config_map: Json) -> str | None:
+    return (config_map.get("data") or {}).get(REVISION)
 
 
 # -- records as JSON -------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`mlfe serve`: the whole product in one process on one machine.
+"""`mlfe serve`: the whole product in one process on one machine, or one router pod.
 
 The router (data plane, management API, /metrics), the autoscaler's control loop and the
 replica backend, wired around a store in the state directory:
@@ -13,6 +13,12 @@ A SIGKILL loses nothing either: the store is committed per change, and replicas 
 their parent (the local backend sets a parent-death signal).
 
     python -m router.serve --state-dir /tmp/mlfe --port 8080
+
+With `--backend kubernetes` (router/serve_kubernetes.py) the store and the replicas are
+in the cluster and outlive the router: several routers share them, one of them runs the
+autoscaler, and a restart takes the running Deployments over as they are.
+
+    python -m router.serve --backend kubernetes --kubeconfig ~/.kube/config --namespace mlfe
 """
 
 from __future__ import annotations
@@ -28,55 +34,56 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import uvicorn
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 
 from autoscaler.backends.base import ReplicaBackend
 from autoscaler.backends.local import LocalBackend
 from autoscaler.loop import ControlLoop
 from router.app import create_app
 from router.auth import generate_key
-from router.dataplane import DEFAULT_MAX_BODY, DataPlane
+from router.dataplane import DataPlane
 from router.manage import PREFIX, create_manage_app
 from router.metrics import RouterMetrics
 from router.registry import Registry
 from router.replicas import RegistryReplicaSink
+from router.serve_settings import (
+    BACKENDS,
+    ServeError,
+    ServeSettings,
+    add_arguments,
+    settings_from,
+)
 from router.server import bind_tcp, uvicorn_server
 from router.services import ServiceManager
 from router.store import SqliteStore, Store, StoreError
 
+if TYPE_CHECKING:
+    from router.serve_kubernetes import ClusterRouter
+
+__all__ = ["Assembly", "ServeError", "ServeSettings", "assemble", "main", "run", "serve"]
+
 logger = logging.getLogger("mlfe.serve")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
-DEFAULT_STATE_DIR = Path("~/.mlfe")
 ADMIN_KEY_ENV = "MLFE_ADMIN_KEY"
 ADMIN_KEY_FILE = "admin.key"
 STORE_FILE = "mlfe.db"
-BACKENDS = ("local", "kubernetes")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
-BackendName = Literal["local", "kubernetes"]
 
 
-class ServeError(Exception):
-    """mlfe cannot start; the message says what to change."""
+@dataclass(eq=False)
+class Backing:
+    """What `--backend` decides: where state lives, where replicas run, who scales."""
 
+    store: Store
+    backend: ReplicaBackend
+    control_loop: ControlLoop
+    cluster: ClusterRouter | None = None  # the Kubernetes pieces
 
-@dataclass(frozen=True)
-class ServeSettings:
-    """How `mlfe serve` runs. `public_url` is the base of the scoring URIs it hands out
-    (default: http://HOST:PORT, with this machine's name when bound to every address)."""
-
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    state_dir: Path = DEFAULT_STATE_DIR
-    backend: BackendName = "local"
-    log_level: str = "info"
-    max_body: int = DEFAULT_MAX_BODY
-    public_url: str | None = None
+    @property
+    def routes(self) -> tuple[BaseRoute, ...]:
+        return self.cluster.routes if self.cluster is not None else ()
 
 
 @dataclass(eq=False)
@@ -91,17 +98,23 @@ class Assembly:
     registry: Registry
     admin_key: str
     state_dir: Path
+    cluster: ClusterRouter | None = None
 
     async def close(self) -> None:
-        """Stop the autoscaler, then every replica, then close the store."""
+        """Stop the autoscaler (handing its Lease over), then the backend (the local
+        one stops every replica), then close the store."""
         try:
             await self.manager.close()
             await self.control_loop.close()
+            if self.cluster is not None:
+                await self.cluster.close()
         finally:
             try:
                 await self.backend.close()
             finally:
                 self.store.close()
+                if self.cluster is not None:
+                    self.cluster.disconnect()
 
 
 def prepare_state_dir(path: Path) -> Path:
@@ -146,50 +159,61 @@ def load_admin_key(state_dir: Path, environ: Mapping[str, str] = os.environ) -> 
 
 
 def open_backend(
-    settings: ServeSettings, state_dir: Path, registry: Registry
-) -> tuple[Store, ReplicaBackend, ControlLoop]:
+    settings: ServeSettings, state_dir: Path, registry: Registry, admin_key: str
+) -> Backing:
     """The store, replica backend and control loop for `settings.backend`.
 
-    The seam for Kubernetes: a cluster store and a `KubernetesBackend` with the same
-    protocols, and a control loop that acts only while this router holds the lease.
+    Local: a SQLite file and child processes, and a control loop that always acts.
+    Kubernetes: the cluster store and Deployments, and a control loop that acts only
+    while this router holds the Lease, on the demand of every router pod.
     """
-    sink = RegistryReplicaSink(registry)
     if settings.backend == "local":
+        sink = RegistryReplicaSink(registry)
         try:
             store = SqliteStore(state_dir / STORE_FILE)
         except StoreError as error:
             raise ServeError(str(error)) from None
         backend = LocalBackend(state_dir, sink)
-        return store, backend, ControlLoop(backend, sink)
+        return Backing(store, backend, ControlLoop(backend, sink))
     if settings.backend == "kubernetes":
-        raise ServeError(
-            "backend 'kubernetes' is not wired into `mlfe serve` yet: run with --backend local"
-        )
+        from router.serve_kubernetes import ClusterRouter  # loads the kubernetes client
+
+        cluster = ClusterRouter(settings.kubernetes, registry, admin_key)
+        return Backing(cluster.store, cluster.backend, cluster.control_loop, cluster)
     raise ServeError(f"unknown backend {settings.backend!r}: use one of {', '.join(BACKENDS)}")
 
 
 async def assemble(settings: ServeSettings, *, public_url: str) -> Assembly:
     """Every piece of the router, with the stored services restored (replicas starting)."""
     state_dir = prepare_state_dir(settings.state_dir)
+    if settings.backend == "kubernetes" and not os.environ.get(ADMIN_KEY_ENV, "").strip():
+        raise ServeError(
+            f"{ADMIN_KEY_ENV} is not set: every router pod must share one admin key (the"
+            " Secret deploy/kubernetes/kustomization.yaml generates)"
+        )
     admin_key = load_admin_key(state_dir)
     registry = Registry(RouterMetrics())
-    store, backend, control_loop = open_backend(settings, state_dir, registry)
-    manager = ServiceManager(store, registry, control_loop, backend, public_url=public_url)
+    backing = open_backend(settings, state_dir, registry, admin_key)
+    manager = ServiceManager(
+        backing.store, registry, backing.control_loop, backing.backend, public_url=public_url
+    )
+    routes: list[BaseRoute] = [Mount(PREFIX, app=create_manage_app(manager, admin_key))]
     assembly = Assembly(
         app=create_app(
-            registry,
-            max_body=settings.max_body,
-            extra_routes=[Mount(PREFIX, app=create_manage_app(manager, admin_key))],
+            registry, max_body=settings.max_body, extra_routes=[*routes, *backing.routes]
         ),
         manager=manager,
-        control_loop=control_loop,
-        backend=backend,
-        store=store,
+        control_loop=backing.control_loop,
+        backend=backing.backend,
+        store=backing.store,
         registry=registry,
         admin_key=admin_key,
         state_dir=state_dir,
+        cluster=backing.cluster,
     )
     try:
+        if backing.cluster is not None:
+            await backing.cluster.start(manager)
         await manager.restore()
     except BaseException:
         await assembly.close()
@@ -271,6 +295,8 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # One line per request: the leader's demand polls are no event worth a line each.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def run(settings: ServeSettings) -> int:
@@ -287,49 +313,17 @@ def run(settings: ServeSettings) -> int:
     return 0
 
 
-def parse_args(argv: Sequence[str] | None = None) -> ServeSettings:
+def parse_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ
+) -> ServeSettings:
     parser = argparse.ArgumentParser(
         prog="mlfe serve", description="Run the mlfe router, autoscaler and replicas."
     )
     add_arguments(parser)
-    return settings_from(parser.parse_args(argv))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`mlfe serve`'s flags, for this module's parser and the CLI's subcommand."""
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any)"
-    )
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(os.environ.get("MLFE_STATE_DIR") or DEFAULT_STATE_DIR),
-        help="where services, keys and replica logs live (default ~/.mlfe, env MLFE_STATE_DIR)",
-    )
-    parser.add_argument("--backend", choices=BACKENDS, default="local")
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
-    parser.add_argument(
-        "--max-body",
-        type=int,
-        default=DEFAULT_MAX_BODY,
-        help="largest scoring request body in bytes (default 100 MB)",
-    )
-    parser.add_argument(
-        "--public-url", default=None, help="base of the scoring URIs shown to users"
-    )
-
-
-def settings_from(args: argparse.Namespace) -> ServeSettings:
-    return ServeSettings(
-        host=args.host,
-        port=args.port,
-        state_dir=args.state_dir,
-        backend=args.backend,
-        log_level=args.log_level,
-        max_body=args.max_body,
-        public_url=args.public_url,
-    )
+    try:
+        return settings_from(parser.parse_args(argv), environ)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,15 @@ and tokens are not operations; they only touch the store and the routes.
 A version created next to serving ones gets no share of the traffic until one of its
 replicas has been in rotation, so adding a version never sends requests to a queue that
 has nobody to serve it; the data plane routes its share to the default meanwhile.
+
+On Kubernetes several routers share one store and one set of Deployments. The router
+that takes a management request writes the store and the Deployments; the others learn
+of the change from a watch on the store (`service_changed_elsewhere`) and follow it
+without writing anything: routes, tracked Deployments, autoscaler bounds. Replicas
+outlive routers there, so a restart adopts the Deployments that run the stored
+template as they are, at the cluster's replica count. Store calls run in worker threads:
+the cluster store waits on the API server, and one code path serves both stores (measured
+here: a SQLite change ~0.5 ms with its fsync, more on a slow disk; the hop ~0.1 ms).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -42,6 +51,7 @@ from autoscaler.backends.base import (
     ReplicaBackend,
     ReplicaTemplate,
 )
+from autoscaler.backends.kube_manifests import PodOptions
 from autoscaler.backends.local import LocalBackend, log_tail
 from autoscaler.loop import Autoscale, ControlLoop, FixedReplicas, Scaling
 from autoscaler.policy import ScalingConfig
@@ -65,6 +75,11 @@ from router.store import Conflict, NotFound, ServiceRecord, Store, StoreError, V
 logger = logging.getLogger("mlfe.services")
 
 MAX_VERSIONS = 6
+# How long a router following another's change waits for the Deployment to show up.
+FOLLOW_WAIT = 10.0
+# Retries (seconds, doubling) of catching up with a change the shared store did not tell.
+SYNC_RETRY = 1.0
+MAX_SYNC_RETRY = 30.0
 DEFAULT_TOKEN_LIFETIME = 3600.0
 MAX_LOG_TAIL = 10_000
 # Percentiles are user floats: 33.3 + 33.3 + 33.4 must not count as over 100.
@@ -174,6 +189,42 @@ class SupportsRecycle(Protocol):
     def recycle(self, key: DeploymentKey, replica_id: str) -> bool: ...
 
 
+@runtime_checkable
+class SharedBackend(Protocol):
+    """A backend whose replicas outlive this router and which other routers use too
+    (KubernetesBackend): it can follow a deployment without writing it."""
+
+    async def adopt(self, key: DeploymentKey, template: ReplicaTemplate) -> bool:
+        """Follow the deployment if it runs `template` already; False: deploy it."""
+        ...
+
+    async def track(self, key: DeploymentKey, *, wait: float = 0.0) -> None:
+        """Follow the deployment as it is, whatever it runs."""
+        ...
+
+    def untrack(self, key: DeploymentKey) -> None:
+        """Stop following a deployment someone else deletes."""
+        ...
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _one_change_at_a_time(
+    method: Callable[Concatenate[ServiceManager, P], Awaitable[R]],
+) -> Callable[Concatenate[ServiceManager, P], Awaitable[R]]:
+    """Run a change with the manager's change lock held: its store call and what follows
+    from it happen before another change, or a change from another router, looks."""
+
+    @functools.wraps(method)
+    async def serialized(self: ServiceManager, *args: P.args, **kwargs: P.kwargs) -> R:
+        async with self._changing:
+            return await method(self, *args, **kwargs)
+
+    return serialized
+
+
 # -- live state ---------------------------------------------------------------------------
 
 
@@ -238,6 +289,13 @@ class ServiceManager:
         self._saved_counts: dict[tuple[str, str], int] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._persist_task: asyncio.Task[None] | None = None
+        self._changing = asyncio.Lock()
+        self._closed = False
+        # Changes told before restore() lists the store are in what it lists.
+        self._following = False
+        # Services a store watch said changed: being caught up with, and again after that.
+        self._syncing: set[str] = set()
+        self._sync_again: set[str] = set()
         if isinstance(backend, SupportsRecycle):
             registry.on_replica_timeout = self._recycle
         registry.metrics.registry.register(_StateCollector(self))
@@ -245,47 +303,223 @@ class ServiceManager:
     # -- lifetime ---------------------------------------------------------------------
 
     async def restore(self) -> None:
-        """Publish every stored service and start its replicas, at the stored counts.
+        """Publish every stored service and start its replicas, at the stored counts;
+        with a backend whose replicas outlive the router, take over those that run the
+        stored template as they are.
 
         Also starts writing replica counts back to the store as the autoscaler changes
         them. Call once, on start.
         """
-        self._saved_counts = dict(self._store.all_desired_replicas())
-        for record in self._store.list_services():
-            live = _Live(record, serving={v.name for v in record.versions})
-            self._services[record.name] = live
-            self._publish(live)
-            counts = {
-                v.name: self._saved_counts.get((record.name, v.name)) for v in record.versions
-            }
-            self._start_operation(
-                live,
-                "restore",
-                tuple(v.name for v in record.versions),
-                functools.partial(self._deploy_all, live, record.versions, counts),
-            )
-            logger.info(
-                "event=service-restored service=%s versions=%d", record.name, len(record.versions)
-            )
+        async with self._changing:
+            self._following = True
+            # Read once here, so routes never wait on the store for it.
+            await self._store_call(self._store.signing_secret)
+            self._saved_counts = dict(await self._store_call(self._store.all_desired_replicas))
+            for record in await self._store_call(self._store.list_services):
+                live = _Live(record, serving={v.name for v in record.versions})
+                self._services[record.name] = live
+                self._publish(live)
+                counts = {
+                    v.name: self._saved_counts.get((record.name, v.name)) for v in record.versions
+                }
+                self._start_operation(
+                    live,
+                    "restore",
+                    tuple(v.name for v in record.versions),
+                    functools.partial(self._restore_all, live, record.versions, counts),
+                )
+                logger.info(
+                    "event=service-restored service=%s versions=%d",
+                    record.name,
+                    len(record.versions),
+                )
         if self._persist_task is None:
             self._persist_task = asyncio.create_task(self._persist_counts(), name="persist counts")
 
-    async def _deploy_all(
+    async def _restore_all(
         self, live: _Live, versions: Iterable[VersionRecord], counts: Mapping[str, int | None]
     ) -> None:
         for version in versions:
-            await self._deploy(live, version, restore_count=counts.get(version.name))
+            if not await self._adopt(live, version):
+                await self._deploy(live, version, restore_count=counts.get(version.name))
+
+    async def _adopt(self, live: _Live, version: VersionRecord) -> bool:
+        """Take over a version's running replicas as they are, if the backend keeps
+        replicas across restarts and runs this version's template: no rollout, no
+        reset of the count the autoscaler reached."""
+        backend = self._backend
+        if not isinstance(backend, SharedBackend):
+            return False
+        key = DeploymentKey(live.record.name, version.name)
+        scaling, _ = _scaling(version.deployment)
+        try:
+            if not await backend.adopt(key, _template(key.service, version)):
+                return False
+            # A numReplicas change may have been stored but not applied (a crash).
+            fixed = scaling.replicas if isinstance(scaling, FixedReplicas) else None
+            if fixed is not None and self._backend.status(key).desired != fixed:
+                await self._backend.scale(key, fixed)
+            await self._loop.follow(key, scaling)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            logger.warning("event=adopt-failed deployment=%s error=%r", key, str(error))
+            return False
+        self._deployed(live, version.name)
+        return True
 
     async def close(self) -> None:
         """Stop background work (operations, count persistence); the replicas stay, the
         backend's owner closes it. Counts are saved one last time."""
+        self._closed = True
         tasks = [t for t in (self._persist_task, *self._background) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
         self._persist_task = None
-        self._save_counts()
+        await self._save_counts()
+
+    # -- following other routers ------------------------------------------------------
+
+    def service_changed_elsewhere(self, name: str) -> None:
+        """A watch on the shared store saw service `name` change (perhaps by this router's
+        own hand): catch up with it in the background. Events that come meanwhile are
+        folded into one more round."""
+        if self._closed or not self._following:
+            return
+        if name in self._syncing:
+            self._sync_again.add(name)
+            return
+        self._syncing.add(name)
+        self._spawn(self._sync_rounds(name), f"sync {name}")
+
+    async def _sync_rounds(self, name: str) -> None:
+        delay = SYNC_RETRY
+        try:
+            while True:
+                self._sync_again.discard(name)
+                try:
+                    await self._sync(name)
+                    delay = SYNC_RETRY
+                except StoreError as error:
+                    # Unreachable for now: no later event may come to say it again.
+                    logger.warning(
+                        "event=sync-error service=%s retry_in=%.0fs error=%s", name, delay, error
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_SYNC_RETRY)
+                    self._sync_again.add(name)
+                if name not in self._sync_again:
+                    return
+        finally:
+            self._syncing.discard(name)
+            self._sync_again.discard(name)
+
+    @_one_change_at_a_time
+    async def _sync(self, name: str) -> None:
+        record = await self._store_call(self._store.get_service, name)
+        live = self._services.get(name)
+        if live is not None and live.deleting:
+            return  # this router deletes it: _tear_down looks again once it is gone
+        if record is None:
+            if live is not None:
+                await self._forget(live)
+        elif live is None:
+            self._follow_new(record)
+        elif record.created_at != live.record.created_at:
+            await self._forget(live)  # deleted and created anew elsewhere
+            self._follow_new(record)
+        elif record.revision > live.record.revision:
+            await self._follow_change(live, record)
+
+    def _follow_new(self, record: ServiceRecord) -> None:
+        live = _Live(record, serving={v.name for v in record.versions})
+        self._services[record.name] = live
+        self._publish(live)
+        self._start_operation(
+            live,
+            "follow",
+            tuple(v.name for v in record.versions),
+            functools.partial(self._follow_all, live, record.versions),
+        )
+        logger.info("event=service-followed service=%s revision=%d", record.name, record.revision)
+
+    async def _follow_change(self, live: _Live, record: ServiceRecord) -> None:
+        """What the router that made the change did, without its writes: routes, the
+        versions to follow anew, new autoscaler settings."""
+        old, live.record = live.record, record
+        name = record.name
+        follow = []
+        for version in record.versions:
+            before = old.version(version.name)
+            how = "roll" if before is None else _rollout(before, version)
+            key = DeploymentKey(name, version.name)
+            scaling, _ = _scaling(version.deployment)
+            if how == "roll":
+                follow.append(version)
+            elif how == "scale" and isinstance(scaling, Autoscale) and self._loop.controls(key):
+                self._loop.reconfigure(key, scaling.config)
+        for version in old.versions:
+            if record.version(version.name) is None:
+                live.serving.discard(version.name)
+                live.errors.pop(version.name, None)
+                self._saved_counts.pop((name, version.name), None)
+                await self._unfollow(DeploymentKey(name, version.name))
+        self._publish(live)
+        if follow:
+            self._start_operation(
+                live,
+                "follow",
+                tuple(v.name for v in follow),
+                functools.partial(self._follow_all, live, follow),
+            )
+        logger.info(
+            "event=service-followed service=%s revision=%d redeploy=%s",
+            name,
+            record.revision,
+            ",".join(v.name for v in follow) or "none",
+        )
+
+    async def _follow_all(self, live: _Live, versions: Iterable[VersionRecord]) -> None:
+        for version in versions:
+            await self._follow(live, version)
+
+    async def _follow(self, live: _Live, version: VersionRecord) -> None:
+        """Follow a version's replicas and control their count, deploying nothing."""
+        key = DeploymentKey(live.record.name, version.name)
+        scaling, _ = _scaling(version.deployment)
+        try:
+            if isinstance(self._backend, SharedBackend):
+                await self._backend.track(key, wait=FOLLOW_WAIT)
+            await self._loop.follow(key, scaling)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            live.errors[version.name] = f"cannot follow its replicas: {error}"
+            logger.error("event=follow-failed deployment=%s error=%r", key, str(error))
+        self._deployed(live, version.name)
+
+    async def _unfollow(self, key: DeploymentKey) -> None:
+        await self._loop.release(key)
+        if isinstance(self._backend, SharedBackend):
+            self._backend.untrack(key)
+
+    async def _forget(self, live: _Live) -> None:
+        """Another router deleted the service (and deletes its replicas)."""
+        name = live.record.name
+        live.deleting = True
+        operation = live.operation
+        if operation is not None and operation.task is not None:
+            operation.task.cancel()
+            await asyncio.wait({operation.task})
+        for version in [v.name for v in live.record.versions] + list(live.retiring):
+            self._saved_counts.pop((name, version), None)
+            await self._unfollow(DeploymentKey(name, version))
+        self._registry.remove_service(name)
+        if self._services.get(name) is live:
+            del self._services[name]
+        logger.info("event=service-forgotten service=%s", name)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -322,6 +556,15 @@ class ServiceManager:
             "expiryOn": _iso(issued.expires_at),
         }
 
+    def pod_options(self, key: DeploymentKey) -> PodOptions:
+        """The Kubernetes backend's `pod_options`: what the version's deploymentconfig.json
+        asks of its pods (resources, liveness probe)."""
+        live = self._services.get(key.service)
+        version = None
+        if live is not None:
+            version = live.record.version(key.version) or live.retiring.get(key.version)
+        return PodOptions() if version is None else pod_options_for(version.deployment)
+
     def logs(self, name: str, version: str | None = None, tail: int = 100) -> dict[str, Any]:
         """The last `tail` lines of each replica's log of one version (default: the default)."""
         live = self._live(name)
@@ -338,6 +581,7 @@ class ServiceManager:
 
     # -- services ---------------------------------------------------------------------
 
+    @_one_change_at_a_time
     async def create_service(self, request: NewService) -> dict[str, Any]:
         name = validate_service_name(request.name)
         self._check_free(name)
@@ -361,7 +605,7 @@ class ServiceManager:
             versions=(version,),
         )
         _check_versions(record.versions)
-        record = self._write(lambda: self._store.create_service(record))
+        record = await self._write(self._store.create_service, record)
         live = _Live(record, serving={version.name})
         self._services[name] = live
         self._publish(live)
@@ -371,6 +615,7 @@ class ServiceManager:
         )
         return self._view(live)
 
+    @_one_change_at_a_time
     async def update_service(self, name: str, changes: VersionChanges) -> dict[str, Any]:
         """Azure's service.update: changes to the default version; auth and keys in the
         deploymentConfig change the service's."""
@@ -406,9 +651,10 @@ class ServiceManager:
             secondary_key=secondary,
             versions=versions,
         )
-        view, _ = self._change(live, updated, "update", changed=default)
+        view, _ = await self._change(live, updated, "update", changed=default)
         return view
 
+    @_one_change_at_a_time
     async def regenerate_key(
         self, name: str, key_type: KeyType, value: str | None = None
     ) -> dict[str, str]:
@@ -428,11 +674,12 @@ class ServiceManager:
             updated = replace(live.record, secondary_key=new_key)
         else:
             raise InvalidRequest(f"keyType must be Primary or Secondary, got {key_type!r}")
-        live.record = self._write(lambda: self._store.update_service(updated))
+        live.record = await self._write(self._store.update_service, updated)
         self._publish(live)
         logger.info("event=key-regenerated service=%s key=%s", name, key_type)
         return self.keys(name)
 
+    @_one_change_at_a_time
     async def delete_service(self, name: str) -> None:
         """Forget a service; its replicas drain and stop in the background.
 
@@ -440,7 +687,7 @@ class ServiceManager:
         user gets out of a deployment that will not settle.
         """
         live = self._live(name)
-        self._write(lambda: self._store.delete_service(name))
+        await self._write(self._store.delete_service, name)
         live.deleting = True
         # Taken before the cancellation, which may forget a retiring version.
         versions = [v.name for v in live.record.versions] + list(live.retiring)
@@ -465,9 +712,13 @@ class ServiceManager:
             if self._services.get(name) is live:
                 del self._services[name]
             logger.info("event=service-removed service=%s", name)
+            if isinstance(self._backend, SharedBackend):
+                # Another router may have created it anew while it was being torn down.
+                self.service_changed_elsewhere(name)
 
     # -- versions ---------------------------------------------------------------------
 
+    @_one_change_at_a_time
     async def create_version(self, name: str, request: NewVersion) -> dict[str, Any]:
         live = self._live(name)
         self._check_idle(live)
@@ -499,9 +750,10 @@ class ServiceManager:
         if request.is_default:
             others = tuple(replace(v, is_default=False) for v in others)
         updated = replace(record, versions=(*others, version))
-        view, _ = self._change(live, updated, "create-version", created=version)
+        view, _ = await self._change(live, updated, "create-version", created=version)
         return view
 
+    @_one_change_at_a_time
     async def update_version(
         self, name: str, version_name: str, changes: VersionChanges
     ) -> tuple[dict[str, Any], bool]:
@@ -545,8 +797,9 @@ class ServiceManager:
             for v in record.versions
         )
         updated = replace(record, versions=versions)
-        return self._change(live, updated, "update-version", changed=current)
+        return await self._change(live, updated, "update-version", changed=current)
 
+    @_one_change_at_a_time
     async def delete_version(self, name: str, version_name: str) -> dict[str, Any]:
         live = self._live(name)
         self._check_idle(live)
@@ -564,7 +817,7 @@ class ServiceManager:
                 f"version {version_name!r} is the default: set another default first"
             )
         updated = replace(record, versions=tuple(v for v in record.versions if v is not version))
-        live.record = self._write(lambda: self._store.update_service(updated))
+        live.record = await self._write(self._store.update_service, updated)
         live.retiring[version_name] = version
         self._saved_counts.pop((name, version_name), None)
         self._publish(live)  # at 0 %: it drains, still known to the routes
@@ -584,7 +837,7 @@ class ServiceManager:
 
     # -- applying changes ---------------------------------------------------------------
 
-    def _change(
+    async def _change(
         self,
         live: _Live,
         updated: ServiceRecord,
@@ -597,7 +850,7 @@ class ServiceManager:
         `created` version, or of the `changed` one (as it was before), must change.
         Returns the view and whether an operation started."""
         _check_versions(updated.versions)
-        live.record = self._write(lambda: self._store.update_service(updated))
+        live.record = await self._write(self._store.update_service, updated)
         self._publish(live)
         plan: tuple[VersionRecord, Rollout] | None = None
         if created is not None:
@@ -633,7 +886,7 @@ class ServiceManager:
         scaling, _ = _scaling(version.deployment)
         try:
             if isinstance(scaling, Autoscale):
-                if self._loop.desired(key) is None:
+                if not self._loop.controls(key):
                     return False
                 self._loop.reconfigure(key, scaling.config)
             else:
@@ -654,17 +907,7 @@ class ServiceManager:
         try:
             template = _template(service, version)
             scaling, warm = _scaling(version.deployment)
-            if isinstance(scaling, FixedReplicas) or restore_count is None:
-                await self._loop.deploy(key, template, scaling, warm=warm)
-            else:
-                # The loop starts a deployment at its minimum (or at the count a redeploy
-                # keeps). To start at the stored count, deploy with that count as the
-                # minimum, then hand the policy the real bounds before its first tick.
-                config = scaling.config
-                start = config.clamp(restore_count)
-                first = replace(scaling, config=replace(config, min_replicas=start))
-                await self._loop.deploy(key, template, first, warm=warm)
-                self._loop.reconfigure(key, config)
+            await self._loop.deploy(key, template, scaling, warm=warm, initial=restore_count)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -819,10 +1062,10 @@ class ServiceManager:
             )
         )
 
-    def _write(self, change: Callable[[], ServiceRecord | None]) -> Any:
+    async def _write(self, change: Callable[..., R], *args: Any) -> R:
         """Run one store change; the store's refusals become the API's."""
         try:
-            return change()
+            return await self._store_call(change, *args)
         except Conflict as error:
             raise Busy(str(error)) from None
         except NotFound as error:
@@ -830,33 +1073,44 @@ class ServiceManager:
         except ValueError as error:
             raise InvalidRequest(str(error)) from None
 
+    @staticmethod
+    async def _store_call(method: Callable[..., R], *args: Any) -> R:
+        """A store call, off the event loop: the cluster store waits on the API server."""
+        return await asyncio.to_thread(method, *args)
+
     # -- replica counts -----------------------------------------------------------------
 
     async def _persist_counts(self) -> None:
         while True:
             await asyncio.sleep(self._persist_interval)
             try:
-                self._save_counts()
+                await self._save_counts()
             except Exception:
                 logger.exception("event=count-save-error")
 
-    def _save_counts(self) -> None:
-        """Write the autoscaler's current counts that differ from what the store has."""
-        for name, live in list(self._services.items()):
-            if live.deleting:
+    async def _save_counts(self) -> None:
+        """Write the autoscaler's current counts that differ from what the store has.
+
+        Only a loop that acts knows them: with several routers, the leader saves them.
+        """
+        if not self._loop.acting:
+            return
+        changed = [
+            ((name, version.name), count)
+            for name, live in list(self._services.items())
+            if not live.deleting
+            for version in live.record.versions
+            if (count := self._loop.desired(DeploymentKey(name, version.name))) is not None
+            and self._saved_counts.get((name, version.name)) != count
+        ]
+        for key, count in changed:
+            try:
+                await self._store_call(self._store.set_desired_replicas, *key, count)
+            except (NotFound, StoreError) as error:
+                logger.warning("event=count-not-saved deployment=%s/%s error=%s", *key, error)
                 continue
-            for version in live.record.versions:
-                key = (name, version.name)
-                count = self._loop.desired(DeploymentKey(*key))
-                if count is None or self._saved_counts.get(key) == count:
-                    continue
-                try:
-                    self._store.set_desired_replicas(name, version.name, count)
-                except (NotFound, StoreError) as error:
-                    logger.warning("event=count-not-saved deployment=%s/%s error=%s", *key, error)
-                    continue
-                self._saved_counts[key] = count
-                logger.info("event=count-saved deployment=%s/%s replicas=%d", *key, count)
+            self._saved_counts[key] = count
+            logger.info("event=count-saved deployment=%s/%s replicas=%d", *key, count)
 
     # -- the data plane's 504s ----------------------------------------------------------
 
@@ -1169,6 +1423,23 @@ def _template(service: str, version: VersionRecord) -> ReplicaTemplate:
     )
 
 
+def pod_options_for(deployment: DeploymentConfig) -> PodOptions:
+    """`containerResourceRequirements` and `livenessProbeRequirements` as pod settings
+    (Kubernetes accepts only 1 for a liveness probe's successThreshold)."""
+    resources, probe = deployment.resources, deployment.liveness_probe
+    return PodOptions(
+        cpu=resources.cpu,
+        memory_gb=resources.memory_gb,
+        cpu_limit=resources.cpu_limit,
+        memory_gb_limit=resources.memory_gb_limit,
+        gpu=resources.gpu,
+        liveness_period_seconds=probe.period_seconds,
+        liveness_initial_delay_seconds=probe.initial_delay_seconds,
+        liveness_timeout_seconds=probe.timeout_seconds,
+        liveness_failure_threshold=probe.failure_threshold,
+    )
+
+
 def _scaling(deployment: DeploymentConfig) -> tuple[Scaling, int]:
     """The control loop's scaling and the warm standby count for a deployment."""
     autoscale = deployment.autoscale
@@ -1189,6 +1460,8 @@ def _rollout(old: VersionRecord, new: VersionRecord) -> Rollout:
     the running replicas, or new replicas."""
     if _template("-", old) != _template("-", new):
         return "roll"
+    if pod_options_for(old.deployment) != pod_options_for(new.deployment):
+        return "roll"  # new pods on Kubernetes (the local backend restarts its replicas)
     old_scaling, old_warm = _scaling(old.deployment)
     new_scaling, new_warm = _scaling(new.deployment)
     if old_scaling == new_scaling and old_warm == new_warm:

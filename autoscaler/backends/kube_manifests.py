@@ -15,11 +15,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import orjson
 
 from autoscaler.backends.base import DeploymentKey, ReplicaTemplate
-from autoscaler.backends.kube_api import Json
+
+# Pure on purpose: the router's control plane builds PodOptions without paying for the
+# `kubernetes` client's import, so this module does not use it (nor kube_api).
+Json = dict[str, Any]
 
 DEFAULT_IMAGE = "mlfe-runtime:latest"
 CONTAINER = "replica"

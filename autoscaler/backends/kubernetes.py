@@ -1,19 +1,18 @@
 """Replicas as pods: one apps/v1 Deployment per version, found through EndpointSlices.
 
-`deploy()` writes three objects per version: a ConfigMap with the source files (unless the
-image carries them), a headless Service whose EndpointSlices list the pods, and the
-Deployment itself. `scale()` goes through the scale subresource, so it never races a
-template change. Nothing is polled: three watches (Deployments, Pods, EndpointSlices)
-keep a local copy of the cluster, from which `status()` answers synchronously and the
-router's `ReplicaSink` learns which pod addresses take traffic.
+`deploy()` writes the objects `kube_manifests.build_manifests` makes of a version: a
+ConfigMap with the source files (unless the image carries them), a headless Service whose
+EndpointSlices list the pods, and the Deployment itself. `scale()` goes through the scale
+subresource, so it never races a template change. Nothing is polled: three watches
+(`kube_watch.Informer` on Deployments, Pods, EndpointSlices) keep a local copy of the
+cluster, from which `status()` answers synchronously and the router's `ReplicaSink`
+learns which pod addresses take traffic.
 
 The `kubernetes` client is synchronous, so every API call runs in a worker thread and
-each watch in a thread of its own (`Informer`, client-go's Reflector in miniature):
-list, then watch from the list's resourceVersion; after a disconnect, watch again from
-the last resourceVersion seen (bookmarks included); on 410 Gone, list again and report
-the difference. Events reach the event loop in order through `call_soon_threadsafe`.
-What the sink is told is derived from the current EndpointSlices and compared with what
-it was told before, so a re-list or a replayed event never tells it anything twice.
+each watch in a thread of its own. What the sink is told is derived from the current
+EndpointSlices and compared with what it was told before, so a re-list or a replayed
+event never tells it anything twice. Several routers may follow one Deployment: the one
+that deploys writes it, the others `track()` it and only read.
 """
 
 from __future__ import annotations
@@ -89,7 +88,6 @@ RBAC_RULES: tuple[ApiPermission, ...] = (
     ApiPermission("", "pods/log", ("get",)),
     ApiPermission("discovery.k8s.io", "endpointslices", ("list", "watch")),
 )
-
 
 
 @dataclass(eq=False)
@@ -216,18 +214,7 @@ class KubernetesBackend:
             raise ValueError(f"{key}: replica counts must not be negative")
         if self._closing:
             raise RuntimeError("the Kubernetes backend is closed")
-        options = self.pod_options(key)
-        manifests = await asyncio.to_thread(
-            build_manifests,
-            key,
-            template,
-            replicas,
-            namespace=self.namespace,
-            image=self.image,
-            options=options,
-            models_volume=self.models_volume,
-            image_pull_policy=self.image_pull_policy,
-        )
+        manifests = await self._manifests(key, template, replicas)
         self._start_watching()
         tracked = self._track(key)
         tracked.desired = replicas
@@ -252,16 +239,50 @@ class KubernetesBackend:
             logger.info("event=warm-ignored deployment=%s warm=%d", key, warm)
         self._refresh(tracked)
 
-    async def track(self, key: DeploymentKey) -> None:
+    async def track(self, key: DeploymentKey, *, wait: float = 0.0) -> None:
         """Report the replicas of an existing Deployment without writing anything:
-        for a router that restarts next to a running cluster, or one that is not the
-        leader and must not fight the leader's replica counts."""
+        for a router that restarts next to a running cluster, or one that follows
+        what another router deployed and must not fight over replica counts.
+
+        With `wait`, give the watch that long to show a Deployment another router is
+        creating right now, so its replica count is known when this returns.
+        """
         self._start_watching()
         await self.deployments.synced()
         tracked = self._track(key)
+        deadline = asyncio.get_running_loop().time() + wait
+        while tracked.name not in self.deployments.objects:
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
         self._adopt(tracked, self.deployments.objects.get(tracked.name))
         self._sync_endpoints(tracked)
         self._refresh(tracked)
+
+    async def adopt(self, key: DeploymentKey, template: ReplicaTemplate) -> bool:
+        """Track the version's Deployment if the cluster runs `template` already (a
+        router restarting next to running replicas): True then, and nothing is written.
+        False if it must be deployed (missing, or another template)."""
+        manifests = await self._manifests(key, template, 0)
+        self._start_watching()
+        await self.deployments.synced()
+        existing = self.deployments.objects.get(deployment_name(key))
+        annotations = ((existing or {}).get("metadata") or {}).get("annotations") or {}
+        if existing is None or annotations.get(LABEL_TEMPLATE) != manifests.template_hash:
+            return False
+        await self.track(key)
+        self._get(key).scoring_timeout = template.scoring_timeout
+        logger.info("event=adopted deployment=%s name=%s", key, deployment_name(key))
+        return True
+
+    def untrack(self, key: DeploymentKey) -> None:
+        """Stop following a version another router deletes; its pods leave the sink."""
+        tracked = self._tracked.pop(key, None)
+        if tracked is None:
+            return
+        self._by_name.pop(tracked.name, None)
+        for pod in list(tracked.told):
+            self._forget(tracked, pod)
 
     async def scale(self, key: DeploymentKey, replicas: int) -> None:
         if replicas < 0:
@@ -366,6 +387,22 @@ class KubernetesBackend:
         return tuple(found)
 
     # -- writing ---------------------------------------------------------------------------
+
+    async def _manifests(
+        self, key: DeploymentKey, template: ReplicaTemplate, replicas: int
+    ) -> Manifests:
+        # In a worker thread: the source files are read into the ConfigMap.
+        return await asyncio.to_thread(
+            build_manifests,
+            key,
+            template,
+            replicas,
+            namespace=self.namespace,
+            image=self.image,
+            options=self.pod_options(key),
+            models_volume=self.models_volume,
+            image_pull_policy=self.image_pull_policy,
+        )
 
     def _apply(self, manifests: Manifests) -> Json:
         """Create or replace the version's objects (in a worker thread)."""

@@ -16,7 +16,8 @@ import pytest
 from kubernetes import client
 
 from autoscaler.backends.base import DeploymentKey, ReplicaTemplate
-from autoscaler.backends.kubernetes import Json, KubernetesBackend, api_call
+from autoscaler.backends.kube_api import Json, api_call
+from autoscaler.backends.kubernetes import KubernetesBackend
 from autoscaler.leader import RBAC_RULES, LeaderElector
 from autoscaler.loop import Autoscale, ControlLoop
 from autoscaler.policy import ScalingConfig

@@ -65,23 +65,30 @@ class RecordingBackend:
     calls: list[tuple[str, int, float]] = field(default_factory=list)
     time: ManualTime | None = None
     fail_next_scale: bool = False
+    # What the backend runs, as status() reports it (another router may change it).
+    running: int = 0
+    deployed: bool = True
 
     async def deploy(
         self, key: DeploymentKey, template: ReplicaTemplate, replicas: int, warm: int
     ) -> None:
         self.calls.append(("deploy", replicas, self._now()))
+        self.running = replicas
 
     async def scale(self, key: DeploymentKey, replicas: int) -> None:
         if self.fail_next_scale:
             self.fail_next_scale = False
             raise OSError("backend unavailable")
         self.calls.append(("scale", replicas, self._now()))
+        self.running = replicas
 
     async def delete(self, key: DeploymentKey) -> None:
         self.calls.append(("delete", 0, self._now()))
 
     def status(self, key: DeploymentKey) -> DeploymentStatus:
-        return DeploymentStatus(DeploymentState.HEALTHY, 0, 0, 0, 0)
+        if not self.deployed:
+            raise LookupError(key)
+        return DeploymentStatus(DeploymentState.HEALTHY, 0, 0, 0, self.running)
 
     def ready_count(self, key: DeploymentKey) -> int:
         return 0
@@ -267,3 +274,70 @@ async def test_redeploy_keeps_the_count_and_delete_stops_the_loop(harness: Harne
 async def test_refresh_period_must_be_positive() -> None:
     with pytest.raises(ValueError, match="refreshPeriodInSeconds"):
         Autoscale(ScalingConfig(), refresh_period=0)
+
+
+# -- restoring and following -----------------------------------------------------------------
+
+
+async def test_a_restored_deployment_starts_at_its_count_and_keeps_it_a_window(
+    harness: Harness,
+) -> None:
+    await harness.loop.deploy(KEY, TEMPLATE, autoscale(window=10.0, max_replicas=5), initial=4)
+    assert harness.backend.calls == [("deploy", 4, 1000.0)]
+    assert harness.loop.desired(KEY) == 4
+    await harness.time.advance(10)  # no demand, but no window of it yet
+    assert harness.backend.scales() == []
+    await harness.time.advance(1)
+    assert harness.backend.scales() == [(1, 1011.0)]
+    # A stored count beyond the bounds is clamped.
+    await harness.loop.deploy(KEY, TEMPLATE, autoscale(max_replicas=5), initial=9)
+    assert harness.backend.calls[-1] == ("deploy", 5, 1011.0)
+
+
+async def test_following_adopts_the_backends_count_without_deploying(harness: Harness) -> None:
+    harness.backend.deployed = False
+    await harness.loop.follow(KEY, autoscale(window=10.0))
+    await harness.loop.follow(DeploymentKey("svc", "fixed"), FixedReplicas(2))
+    assert harness.loop.desired(KEY) is None  # not known yet
+    await harness.time.advance(2)  # another router has not deployed it yet: nothing to do
+    assert harness.backend.calls == []
+    assert not harness.loop.controls(DeploymentKey("svc", "fixed"))
+
+    harness.backend.deployed, harness.backend.running = True, 3
+    harness.demand.level = 0.7  # one replica's worth
+    await harness.time.advance(1)
+    assert harness.loop.desired(KEY) == 3 and harness.backend.calls == []
+    await harness.time.advance(9)
+    assert harness.backend.scales() == []
+    await harness.time.advance(1)
+    assert harness.backend.scales() == [(1, 1013.0)]
+
+
+async def test_a_new_leader_adopts_the_count_keeps_it_a_window_and_scales_up_at_once(
+    harness: Harness,
+) -> None:
+    leader = {"yes": False}
+    loop = ControlLoop(
+        harness.backend,
+        harness.demand,
+        clock=harness.time.clock,
+        sleep=harness.time.sleep,
+        should_act=lambda: leader["yes"],
+    )
+    await loop.deploy(KEY, TEMPLATE, autoscale(window=10.0))
+    assert not loop.acting
+    harness.backend.running = 4  # the leader scaled it meanwhile
+    await harness.time.advance(3)
+    # A follower's redeploy keeps what runs, not the count it deployed with.
+    await loop.deploy(KEY, TEMPLATE, autoscale(window=10.0))
+    assert harness.backend.calls[-1] == ("deploy", 4, 1003.0)
+
+    leader["yes"] = True  # the leader died: this one takes over at 4
+    harness.demand.level = 0.0
+    await harness.time.advance(10)
+    assert harness.backend.scales() == []
+    assert loop.desired(KEY) == 4
+    harness.demand.level = 4.0
+    await harness.time.advance(1)
+    assert harness.backend.scales() == [(6, 1014.0)]
+    await loop.close()

@@ -31,7 +31,7 @@ import yaml
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from autoscaler.backends import kubernetes as kube_backend
+from autoscaler.backends import kube_manifests
 from autoscaler.backends.base import DeploymentKey, ReplicaTemplate
 from router import demand
 from router.app import create_app
@@ -212,7 +212,7 @@ def test_the_router_deployment_wires_up_with_the_other_objects() -> None:
     image = container["image"].rsplit(":", 1)[0]
     assert image in {entry["name"] for entry in kustomization()["images"]}
     runtime_image = next(e["value"] for e in container["env"] if e["name"] == "MLFE_RUNTIME_IMAGE")
-    assert runtime_image == kube_backend.DEFAULT_IMAGE
+    assert runtime_image == kube_manifests.DEFAULT_IMAGE
 
 
 def test_the_router_pods_run_unprivileged() -> None:
@@ -679,8 +679,8 @@ def test_the_runtime_image_serves_on_the_port_the_backend_probes() -> None:
     assert argv[:3] == ["python", "-m", "scoring_runtime"] == replica_container()["command"]
     config = parse_config(argv[3:], image.environment())
     assert config.host == "0.0.0.0"
-    assert config.port == int(image.last("EXPOSE")) == kube_backend.PORT
-    assert str(config.source_dir) == kube_backend.SOURCE_MOUNT
+    assert config.port == int(image.last("EXPOSE")) == kube_manifests.PORT
+    assert str(config.source_dir) == kube_manifests.SOURCE_MOUNT
 
 
 def test_replicas_listen_on_the_pod_address() -> None:
@@ -688,17 +688,17 @@ def test_replicas_listen_on_the_pod_address() -> None:
     environment = {e["name"]: e["value"] for e in container["env"]}
     config = parse_config(container["args"], environment)
     assert config.host in ("0.0.0.0", "::")
-    assert config.port == kube_backend.PORT
+    assert config.port == kube_manifests.PORT
 
 
 def replica_container() -> Json:
     """The container mlfe's Kubernetes backend runs for a replica of the runtime image."""
-    built = kube_backend.build_manifests(
+    built = kube_manifests.build_manifests(
         DeploymentKey("svc", "v1"),
         ReplicaTemplate(entry_script="/app/score.py", source_dir="/app"),
         1,
         namespace=NAMESPACE,
-        options=kube_backend.PodOptions(source_in_image=True),
+        options=kube_manifests.PodOptions(source_in_image=True),
     )
     (container,) = built.deployment["spec"]["template"]["spec"]["containers"]
     assert isinstance(container, dict)

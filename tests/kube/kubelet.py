@@ -1,10 +1,10 @@
 """The fake kubelet: runs each pod's containers as real local processes.
 
 Pod networking is emulated with one loopback address per pod (`<subnet>.N`, the pod IP);
-a `python -m scoring_runtime` container that binds no address or the wildcard (as in a
-pod, where that means the pod's own interfaces) gets `--host <podIP>` appended so it listens
-there, and `python` is this interpreter. Volumes and paths are mapped as `volumes.py`
-says. Each container runs in its own process group, which is killed when the pod is
+a container that binds the wildcard with `--host 0.0.0.0` (in a pod, the pod's own
+interfaces), or a `python -m scoring_runtime` one that names no address, gets
+`--host <podIP>` appended so it listens there, and `python` is this interpreter.
+Volumes and paths are mapped as `volumes.py` says. Each container runs in its own process group, which is killed when the pod is
 deleted (SIGTERM, then SIGKILL after the grace period) and when the cluster stops.
 
 What a client observes follows the kubelet: the pod goes Pending (ContainerCreating)
@@ -68,15 +68,15 @@ _CRASH_STUB = (
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
-def _binds_every_address(argv: Sequence[str]) -> bool:
-    """Whether a runtime command line leaves its address open or binds the wildcard."""
+def _host_flag(argv: Sequence[str]) -> str | None:
+    """The address a command line binds with `--host` (the last one wins), if any."""
     host: str | None = None
     for index, part in enumerate(argv):
         if part == "--host" and index + 1 < len(argv):
             host = argv[index + 1]
         elif part.startswith("--host="):
             host = part.removeprefix("--host=")
-    return host is None or host in _WILDCARD_HOSTS
+    return host
 
 
 # A container that ran this long without exiting has its back-off reset (kubelet: 10 min).
@@ -443,11 +443,7 @@ class PodWorker:
     def _command(self, run: ContainerRun) -> tuple[list[str], dict[str, str], str]:
         spec = run.spec
         mounts = container_mounts(spec, self.mounts)
-        variables = resolve_env(
-            spec,
-            self.kubelet.store.peek(kinds.PODS, self.namespace, self.name) or self.pod,
-            self.kubelet.store,
-        )
+        variables = resolve_env(spec, self.current_pod(), self.kubelet.store)
         variables = {k: rewrite_path(v, mounts) for k, v in variables.items()}
         command = list(spec.get("command") or [])
         args = list(spec.get("args") or [])
@@ -463,11 +459,12 @@ class PodWorker:
         argv = [rewrite_path(expand(part, variables), mounts) for part in command + args]
         if argv and argv[0] in _PYTHON_NAMES:
             argv[0] = sys.executable
-        if "scoring_runtime" in argv and _binds_every_address(argv):
+        host = _host_flag(argv)
+        if host in _WILDCARD_HOSTS or (host is None and "scoring_runtime" in argv):
             # In a pod, the wildcard address is the pod's own network namespace; here it
-            # would be every loopback pod's. The runtime's parser takes the last --host.
+            # would be every loopback pod's. mlfe's parsers take the last --host.
             argv += ["--host", str(self.ip)]
-        fault = self.kubelet.faults.find(CRASH, self.pod)
+        fault = self.kubelet.faults.find(CRASH, self.current_pod())
         if fault is not None:
             argv = [sys.executable, "-c", _CRASH_STUB.format(code=fault.exit_code)]
         rootfs = self.dir / "rootfs"
@@ -584,6 +581,10 @@ class PodWorker:
         killer = asyncio.ensure_future(self._stop_process(process))
         self._background.add(killer)
         killer.add_done_callback(self._background.discard)
+
+    def current_pod(self) -> dict[str, Any]:
+        """The pod as stored now (labels may have changed since it started)."""
+        return self.kubelet.store.peek(kinds.PODS, self.namespace, self.name) or self.pod
 
     def kill_containers(self, signum: int = signal.SIGKILL) -> None:
         for run in self.runs:
@@ -730,7 +731,7 @@ class Kubelet(Controller):
         """Kill the running containers of pods the fault matches; returns how many pods."""
         killed = 0
         for worker in self._workers.values():
-            if fault.matches(worker.pod):
+            if fault.matches(worker.current_pod()):
                 worker.kill_containers()
                 killed += 1
         return killed

@@ -20,7 +20,7 @@ from kubernetes import client
 from starlette.applications import Starlette
 
 from autoscaler.backends.base import DeploymentKey
-from autoscaler.backends.kubernetes import Json, api_call
+from autoscaler.backends.kube_api import Json, api_call
 from router.demand import ClusterDemandSource, DemandMeters, demand_route
 from router.dispatch import Replica
 from router.metrics import RouterMetrics
@@ -104,7 +104,9 @@ async def test_meters_and_the_pools_own_reader_share_one_account() -> None:
     # A deployment that goes away and comes back is measured afresh.
     registry.remove_service("svc")
     assert meters.read("leader") == {}
-    registry.set_service(ServiceSpec("svc", (VersionSpec("v1", slots_per_replica=4),), "v1", auth_mode="none"))
+    registry.set_service(
+        ServiceSpec("svc", (VersionSpec("v1", slots_per_replica=4),), "v1", auth_mode="none")
+    )
     registry.add_replica("svc", "v1", "r1", "127.0.0.1:9")
     hold(registry, "svc", 1)
     assert meters.read("leader") == {("svc", "v1"): 1.0}

@@ -5,18 +5,20 @@ Two `KubernetesStore` instances stand for two router pods sharing one namespace.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
-from autoscaler.backends.kubernetes import Json, api_call
+from autoscaler.backends.kube_api import Json, api_call
 from router.config import ModelRef, parse_deployment_config, parse_inference_config
-from router.kube_store import RBAC_RULES, KubernetesStore, service_map_name
+from router.kube_store import RBAC_RULES, KubernetesStore, ServiceWatch, service_map_name
 from router.store import Conflict, NotFound, ServiceRecord, StoreError, VersionRecord
 from tests.kube import Cluster, start_cluster
 
@@ -227,17 +229,51 @@ def test_an_unreachable_cluster_is_a_store_error(project: Path) -> None:
         store.get_service("diabetes")
 
 
-def test_the_store_calls_exactly_what_its_rbac_rules_grant(
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_service_watch_tells_every_router_of_changes_but_not_of_replica_counts(
+    api: client.ApiClient, project: Path
+) -> None:
+    changed: list[str] = []
+    watch = ServiceWatch(api, NAMESPACE, changed.append)
+    await watch.start()
+    try:
+        other_router = KubernetesStore(api, NAMESPACE)
+        created = await asyncio.to_thread(other_router.create_service, service(project))
+        await eventually(lambda: changed == ["diabetes"])
+        await asyncio.to_thread(other_router.set_desired_replicas, "diabetes", "blue", 3)
+        rotated = replace(created, secondary_key="rotated-secondary-key")
+        await asyncio.to_thread(other_router.update_service, rotated)
+        # Events come in order: a count change would have been told before the update.
+        await eventually(lambda: len(changed) == 2)
+        await asyncio.to_thread(other_router.delete_service, "diabetes")
+        await eventually(lambda: changed == ["diabetes"] * 3)
+    finally:
+        await watch.stop()
+
+
+async def test_the_store_calls_exactly_what_its_rbac_rules_grant(
     api: client.ApiClient, cluster: Cluster, project: Path
 ) -> None:
     cluster.call(cluster.apiserver.usage.clear)
     store = KubernetesStore(api, NAMESPACE)
-    store.signing_secret()
-    created = store.create_service(service(project))
-    store.list_services()
-    store.set_desired_replicas("diabetes", "blue", 2)
-    store.all_desired_replicas()
-    updated = store.update_service(replace(created, secondary_key="rotated-secondary-key"))
-    store.delete_service("diabetes", revision=updated.revision)
+    watch = ServiceWatch(api, NAMESPACE, lambda name: None)
+    await watch.start()
+    try:
+        store.signing_secret()
+        created = store.create_service(service(project))
+        store.list_services()
+        store.set_desired_replicas("diabetes", "blue", 2)
+        store.all_desired_replicas()
+        updated = store.update_service(replace(created, secondary_key="rotated-secondary-key"))
+        store.delete_service("diabetes", revision=updated.revision)
+        await eventually(lambda: ("watch", "", "configmaps") in cluster.api_usage())
+    finally:
+        await watch.stop()
     granted = {(verb, r.group, r.resource) for r in RBAC_RULES for verb in r.verbs}
     assert cluster.api_usage() == granted

@@ -3,7 +3,10 @@ nothing; stopped with SIGTERM it leaves no replica behind."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -121,14 +124,47 @@ def test_the_admin_key_can_come_from_the_environment(state_dir: Path) -> None:
             assert client.get(f"{API}/services").status_code == 401
 
 
-def test_the_kubernetes_backend_is_refused_with_a_clear_message(state_dir: Path) -> None:
-    command = [sys.executable, "-m", "router.serve", "--state-dir", str(state_dir)]
-    result = subprocess.run(
-        [*command, "--port", "0", "--backend", "kubernetes"],
-        capture_output=True,
-        text=True,
-        timeout=30,
+def test_the_kubernetes_backend_says_what_is_missing_without_a_traceback(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    def start(*args: str, **env: str) -> str:
+        """The stderr of a start that must fail."""
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFE_")}
+        environment.pop("KUBERNETES_SERVICE_HOST", None)
+        command = [sys.executable, "-m", "router.serve", "--state-dir", str(state_dir)]
+        result = subprocess.run(
+            [*command, "--port", "0", "--backend", "kubernetes", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**environment, **env},
+        )
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        return result.stderr
+
+    # Router pods must share one admin key.
+    assert "MLFE_ADMIN_KEY is not set" in start()
+    # No cluster configuration.
+    missing = tmp_path / "no-such-kubeconfig"
+    stderr = start("--kubeconfig", str(missing), MLFE_ADMIN_KEY="k")
+    assert f"cannot load a Kubernetes configuration from {missing}" in stderr
+    # A cluster that does not answer (a port nobody listens on).
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
     )
-    assert result.returncode == 1
-    assert "backend 'kubernetes' is not wired" in result.stderr
-    assert "Traceback" not in result.stderr
+    stderr = start("--kubeconfig", str(kubeconfig), MLFE_ADMIN_KEY="k")
+    assert "the cluster store is unreachable" in stderr

@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from autoscaler.backends.base import DeploymentKey
+from autoscaler.backends.kube_manifests import PodOptions
 from autoscaler.backends.local import LocalBackend
 from autoscaler.loop import ControlLoop
 from router.app import create_app
@@ -37,6 +38,7 @@ from router.services import (
     UnknownService,
     VersionChanges,
     VersionSource,
+    pod_options_for,
 )
 from router.store import SqliteStore
 
@@ -116,12 +118,16 @@ async def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
 
 
 @asynccontextmanager
-async def running(state_dir: Path, clock: Callable[[], float] = time.time) -> AsyncIterator[Plane]:
+async def running(
+    state_dir: Path,
+    clock: Callable[[], float] = time.time,
+    should_act: Callable[[], bool] = lambda: True,
+) -> AsyncIterator[Plane]:
     store = SqliteStore(state_dir / "mlfe.db")
     registry = Registry(RouterMetrics())
     sink = RegistryReplicaSink(registry)
     backend = LocalBackend(state_dir, sink, stop_grace=2.0)
-    loop = ControlLoop(backend, sink)
+    loop = ControlLoop(backend, sink, should_act=should_act)
     sock = bind_tcp("127.0.0.1", 0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     manager = ServiceManager(
@@ -463,3 +469,89 @@ def _alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_only_a_loop_that_acts_saves_replica_counts(state_dir: Path) -> None:
+    """With several routers only the leader's counts are the cluster's: the others keep
+    theirs to themselves."""
+    leading = False
+    config = {"autoScaler": {"minReplicas": 1, "maxReplicas": 2, "refreshPeriodInSeconds": 0.1}}
+    async with running(state_dir, should_act=lambda: leading) as plane:
+        await plane.manager.create_service(new_service("busy", config))
+        await plane.settled("busy")
+        await asyncio.sleep(0.3)  # several persist intervals
+        assert plane.store.desired_replicas("busy", "busy") is None
+        leading = True
+        await eventually(lambda: plane.store.desired_replicas("busy", "busy") == 1)
+
+
+async def test_pod_options_follow_the_deployment_configuration(plane: Plane) -> None:
+    config = {
+        "numReplicas": 1,
+        "containerResourceRequirements": {"cpu": 0.5, "memoryInGB": 2, "cpuLimit": 1},
+        "livenessProbeRequirements": {"periodSeconds": 5, "failureThreshold": 4},
+    }
+    expected = PodOptions(
+        cpu=0.5,
+        memory_gb=2,
+        cpu_limit=1,
+        liveness_period_seconds=5,
+        liveness_failure_threshold=4,
+    )
+    assert pod_options_for(parse_deployment_config(config)) == expected
+    await plane.manager.create_service(new_service("svc", config))
+    assert plane.manager.pod_options(DeploymentKey("svc", "svc")) == expected
+    assert plane.manager.pod_options(DeploymentKey("svc", "nope")) == PodOptions()
+    await plane.settled("svc")
+    # New resources are new pods: the version rolls.
+    changes = VersionChanges(deployment_changes={"containerResourceRequirements": {"cpu": 1}})
+    _, redeploying = await plane.manager.update_version("svc", "svc", changes)
+    assert redeploying
+    assert plane.manager.pod_options(DeploymentKey("svc", "svc")).cpu == 1
+
+
+async def test_a_second_router_on_the_same_store_follows_what_the_first_changes(
+    state_dir: Path,
+) -> None:
+    """Two managers on one store, as two router pods on one cluster store: the second is
+    told of each change (by a watch on Kubernetes) and follows it without deploying."""
+    second_dir = state_dir / "second"
+    second_dir.mkdir()
+    async with running(state_dir) as first:
+        follower_store = SqliteStore(state_dir / "mlfe.db")
+        registry = Registry(RouterMetrics())
+        sink = RegistryReplicaSink(registry)
+        backend = LocalBackend(second_dir, sink, stop_grace=2.0)
+        loop = ControlLoop(backend, sink)
+        second = ServiceManager(follower_store, registry, loop, backend, public_url="http://second")
+        try:
+            await second.restore()
+            await first.manager.create_service(new_service("svc"))
+            second.service_changed_elsewhere("svc")
+            await eventually(lambda: "svc" in registry.routes)
+            assert second.keys("svc") == first.manager.keys("svc")
+            with pytest.raises(LookupError):  # it deployed nothing itself
+                backend.replicas(DeploymentKey("svc", "svc"))
+
+            await first.settled("svc")
+            await first.manager.regenerate_key("svc", "Primary", "a-new-primary-key")
+            second.service_changed_elsewhere("svc")
+            second.service_changed_elsewhere("svc")  # told twice: one more round at most
+            await eventually(lambda: second.keys("svc")["primaryKey"] == "a-new-primary-key")
+
+            await first.manager.create_version("svc", new_version("blue", traffic_percentile=20))
+            second.service_changed_elsewhere("svc")
+            await eventually(lambda: "blue" in registry.routes["svc"].deployments)
+            # Not serving on the second router before its replicas are seen in rotation.
+            assert dict(registry.routes["svc"].traffic.weights).get("blue", 0.0) == 0.0
+
+            await first.manager.delete_service("svc")
+            second.service_changed_elsewhere("svc")
+            await eventually(lambda: "svc" not in registry.routes)
+            with pytest.raises(UnknownService):
+                second.view("svc")
+        finally:
+            await second.close()
+            await loop.close()
+            await backend.close()
+            follower_store.close()

@@ -22,16 +22,14 @@ import pytest
 from kubernetes import client
 
 from autoscaler.backends.base import DeploymentKey, DeploymentState, ReplicaTemplate
-from autoscaler.backends.kubernetes import (
-    RBAC_RULES,
-    KubernetesBackend,
+from autoscaler.backends.kube_api import api_call, connect
+from autoscaler.backends.kube_manifests import (
     ModelsVolume,
     PodOptions,
-    api_call,
     build_manifests,
-    connect,
     deployment_name,
 )
+from autoscaler.backends.kubernetes import RBAC_RULES, KubernetesBackend
 from router.app import create_app
 from router.metrics import RouterMetrics
 from router.registry import Registry, ServiceSpec, VersionSpec
@@ -329,11 +327,16 @@ async def test_deploy_serves_traffic_through_the_router_then_scales_and_deletes(
     assert len(sources) == 1  # same source files: the same ConfigMap
 
     # A stuck replica is replaced by a fresh pod.
-    [stuck] = [r.id for r in router.registry.deployment("iris", "v1").pool.replicas]
+    # (The old template's pod may still be draining: it is not the one in rotation.)
+    pool = router.registry.deployment("iris", "v1").pool
+    [stuck] = [r.id for r in pool.replicas if not r.draining]
     assert backend.recycle(key, stuck)
     assert not backend.recycle(key, stuck)
     await eventually(
-        lambda: {r.id for r in router.registry.deployment("iris", "v1").pool.replicas} - {stuck}
+        lambda: (
+            {r.id for r in router.registry.deployment("iris", "v1").pool.replicas if not r.draining}
+            - {stuck}
+        )
     )
     logs = await backend.logs(key)
     assert logs and all(entry.state in ("Ready", "Starting", "Terminating") for entry in logs)
@@ -448,6 +451,47 @@ async def test_watches_resume_after_disconnects_and_compaction_without_lost_or_r
     granted = {(verb, r.group, r.resource) for r in RBAC_RULES for verb in r.verbs}
     assert used <= granted, f"calls outside RBAC_RULES: {used - granted}"
     assert {("patch", "apps", "deployments/scale"), ("watch", "", "pods")} <= used
+
+
+async def test_a_restarted_router_adopts_a_deployment_of_its_template_without_writing(
+    router: Router, cluster: Cluster, project: Path, models: Path
+) -> None:
+    key = router.add_service("kept")
+    # The replica counts are what this test is about: pods need not run.
+    fault = cluster.make_unschedulable({"mlfe.io/service": "kept"})
+    try:
+        await router.backend.deploy(key, template(project), replicas=2, warm=0)
+        generation = api_call(
+            client.AppsV1Api(router.api).read_namespaced_deployment, "mlfe-kept-v1", NAMESPACE
+        )["metadata"]["generation"]
+
+        restarted = Router(cluster, models)
+        restarted.add_service("kept")
+        cluster.call(cluster.apiserver.usage.clear)
+        # Another template (here: another environment) is not adopted: it must roll.
+        changed = template(project, environment={"TAG": "new"})
+        assert not await restarted.backend.adopt(key, changed)
+        assert await restarted.backend.adopt(key, template(project))
+        assert restarted.backend.status(key).desired == 2
+        writes = {call for call in cluster.api_usage() if call[0] not in ("get", "list", "watch")}
+        assert writes == set()
+        after = api_call(
+            client.AppsV1Api(router.api).read_namespaced_deployment, "mlfe-kept-v1", NAMESPACE
+        )
+        assert after["metadata"]["generation"] == generation
+
+        # The writer scales; the follower sees it, then lets go when told to.
+        await router.backend.scale(key, 3)
+        await eventually(lambda: restarted.backend.status(key).desired == 3)
+        restarted.backend.untrack(key)
+        with pytest.raises(LookupError):
+            restarted.backend.status(key)
+        await restarted.backend.close()
+        restarted.api.close()
+        # Not deployed at all: nothing to adopt.
+        assert not await router.backend.adopt(DeploymentKey("kept", "v2"), template(project))
+    finally:
+        fault.clear()
 
 
 def test_connect_reads_the_kubeconfig_and_its_namespace(cluster: Cluster) -> None:
