@@ -34,7 +34,8 @@ CLI_TIMEOUT_S = 120.0
 # One fixed replica that takes one request at a time: fast to start, enough to score.
 FAST_DC = {"numReplicas": 1, "scoringTimeoutMs": 10000}
 VERSION_HEADER = "azureml-model-deployment"
-CLI_SOURCE = str(Path(__file__).resolve().parents[2] / "router" / "cli.py")
+# Any frame in the CLI package means a traceback reached the user.
+CLI_SOURCE = str(Path(__file__).resolve().parents[2] / "router" / "cli") + os.sep
 
 
 def free_port() -> int:
