@@ -30,6 +30,13 @@ inferenceconfig.json
     Used: `entryScript` (relative to `sourceDirectory`, as on Azure), `sourceDirectory`
     (relative to the file's folder; default: the entry script's folder),
     `environment.environmentVariables`.
+    mlfe extension: `replicaUrls` instead of `entryScript` and `sourceDirectory`: a list of
+    `http://host:port` addresses of replicas someone else runs (existing Azure
+    inference-server containers, say), which mlfe health-checks and routes to but neither
+    starts nor scales. Such a version has exactly those replicas: numReplicas is how many
+    there are, autoscaling is off, and no models or environment variables apply
+    (`static_deployment_config`). https is refused: the router speaks plain HTTP to
+    replicas.
     Accepted and ignored, because mlfe runs entry scripts in its own Python environment
     rather than building an image: `runtime` (must be "python" if given), `condaFile`,
     `extraDockerfileSteps` (and the docs' `extraDockerFileSteps`), `enableGpu`,
@@ -45,15 +52,17 @@ settings cannot be combined with a fixed numReplicas.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from difflib import get_close_matches
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 AuthMode = Literal["key", "token", "none"]
 
@@ -71,6 +80,9 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 _MODEL_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # A Kubernetes namespace (RFC 1123 label), as Azure's NAMESPACE_REGEX checks.
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# A replica URL's host: a DNS name (Docker's container names may have underscores) or IPv4.
+_HOST = re.compile(r"[a-z0-9_]([a-z0-9_.-]{0,251}[a-z0-9_])?")
+MAX_REPLICA_URLS = 100
 # Keys travel as `Authorization: Bearer <key>`: visible ASCII only, and short enough for
 # the data plane's credential limit with room to spare.
 _CREDENTIAL = re.compile(r"[\x21-\x7e]{1,256}")
@@ -217,11 +229,14 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """What a replica runs: absolute paths, resolved once from the file's folder."""
+    """What a replica runs: an entry script (absolute paths, resolved once from the file's
+    folder), or, with `replica_urls`, nothing mlfe starts: the `http://host:port` of each
+    replica someone else runs."""
 
-    entry_script: Path
-    source_directory: Path
+    entry_script: Path | None = None
+    source_directory: Path | None = None
     environment_variables: Mapping[str, str] = field(default_factory=_no_strings, hash=False)
+    replica_urls: tuple[str, ...] = ()
 
 
 # -- names ------------------------------------------------------------------------------
@@ -611,7 +626,7 @@ def _merge_patch(target: object, patch: object) -> object:
 
 # -- inferenceconfig.json ---------------------------------------------------------------
 
-_INFERENCE_KEYS = ("entryScript", "sourceDirectory", "environment", "runtime")
+_INFERENCE_KEYS = ("entryScript", "sourceDirectory", "environment", "runtime", "replicaUrls")
 _INFERENCE_IGNORED = (
     "condaFile",
     "extraDockerfileSteps",
@@ -645,6 +660,8 @@ def parse_inference_config(
     and its folder is the source directory. Paths are made absolute lexically (symlinks
     are kept). With `check_files`, the folder and the script must exist; the store turns
     it off so a deleted folder fails the replica instead of losing the service.
+
+    `replicaUrls` replaces the entry script: exactly one of the two forms.
     """
     root = _Object(
         data,
@@ -658,16 +675,33 @@ def parse_inference_config(
         raise ConfigError(
             "runtime", f"runtime {runtime!r} is not supported: mlfe runs Python entry scripts"
         )
+    urls = root.take("replicaUrls")
     entry_text = root.optional_string("entryScript")
-    if not entry_text:
-        raise ConfigError(
-            "entryScript", "entryScript is required: the path of the scoring script (score.py)"
-        )
     source_text = root.optional_string("sourceDirectory") or None
     environment = root.section(
         "environment", known=("environmentVariables",), ignored=_ENVIRONMENT_IGNORED
     )
     variables = _environment_variables(environment, "environmentVariables")
+    if urls is not None:
+        if entry_text or source_text:
+            raise ConfigError(
+                "replicaUrls",
+                "give either replicaUrls (replicas someone else runs) or entryScript and"
+                " sourceDirectory (replicas mlfe starts), not both",
+            )
+        if variables:
+            raise ConfigError(
+                "environment.environmentVariables",
+                "environment.environmentVariables cannot be set with replicaUrls: mlfe does"
+                " not start those replicas",
+            )
+        return InferenceConfig(replica_urls=_replica_urls(urls))
+    if not entry_text:
+        raise ConfigError(
+            "entryScript",
+            "entryScript is required: the path of the scoring script (score.py), or"
+            " replicaUrls for replicas someone else runs",
+        )
 
     base = Path(base_dir).absolute()
     if source_text is not None:
@@ -697,11 +731,115 @@ def parse_inference_config(
 def inference_config_to_json(config: InferenceConfig) -> dict[str, Any]:
     """The configuration as `inferenceconfig.json`: an absolute `sourceDirectory` and the
     script relative to it, so parsing it back from any folder gives `config`."""
+    if config.replica_urls:
+        return {"replicaUrls": list(config.replica_urls)}
+    assert config.entry_script is not None and config.source_directory is not None
     return {
         "entryScript": config.entry_script.relative_to(config.source_directory).as_posix(),
         "sourceDirectory": str(config.source_directory),
         "environment": {"environmentVariables": dict(config.environment_variables)},
     }
+
+
+def _replica_urls(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(
+            "replicaUrls",
+            f"replicaUrls must be a non-empty list of URLs like http://10.0.0.5:5001, got"
+            f" {_show(value)}",
+        )
+    if len(value) > MAX_REPLICA_URLS:
+        raise ConfigError(
+            "replicaUrls", f"replicaUrls lists {len(value)} URLs, at most {MAX_REPLICA_URLS}"
+        )
+    urls: list[str] = []
+    for index, item in enumerate(value):
+        key = f"replicaUrls[{index}]"
+        url = _replica_url(item, key)
+        if url in urls:
+            raise ConfigError(key, f"{key} ({_show(item)}) is {url} again: list each replica once")
+        urls.append(url)
+    return tuple(urls)
+
+
+def _replica_url(value: object, key: str) -> str:
+    """`value` as `http://host:port` (port 80 when not given), or ConfigError naming `key`."""
+    example = "http://10.0.0.5:5001"
+    if not isinstance(value, str) or not value or value != value.strip():
+        raise ConfigError(key, f"{key} must be a URL like {example}, got {_show(value)}")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as error:
+        raise ConfigError(key, f"{key} ({_show(value)}) is not a valid URL: {error}") from None
+    scheme = parts.scheme.lower()
+    if scheme == "https":
+        raise ConfigError(
+            key,
+            f"{key} ({_show(value)}) uses https: the router speaks plain HTTP to replicas,"
+            " give the replica's http:// address on a network you trust",
+        )
+    if scheme != "http" or not parts.netloc:
+        raise ConfigError(key, f"{key} ({_show(value)}) must be an http URL like {example}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(key, f"{key} must not carry credentials in the URL")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(
+            key,
+            f"{key} ({_show(value)}) must be host and port only, like {example}: the router"
+            " calls /score and the health check GET / on it",
+        )
+    host = parts.hostname or ""
+    if ":" in host:
+        try:
+            host = f"[{ipaddress.IPv6Address(host).compressed}]"
+        except ValueError:
+            raise ConfigError(key, f"{key} ({_show(value)}) has an invalid IPv6 address") from None
+    elif not _HOST.fullmatch(host):
+        raise ConfigError(key, f"{key} ({_show(value)}) has no valid host name")
+    if port == 0:
+        raise ConfigError(key, f"{key} ({_show(value)}) has port 0: give the replica's port")
+    return f"http://{host}:{port or 80}"
+
+
+def static_deployment_config(
+    config: DeploymentConfig, replicas: int, *, given: Collection[str] | None = None
+) -> DeploymentConfig:
+    """`config` for a version served by `replicas` replicaUrls: exactly those replicas
+    (numReplicas = how many, autoscaling off, no warm ones), since mlfe neither starts nor
+    stops them; no environment variables, since it does not start them either.
+
+    A setting that says otherwise is refused if the request gave it (`given`: the
+    top-level keys of deploymentconfig.json it spelled out; None: a whole file), and
+    replaced if it was kept from before (an update switching a version to replicaUrls).
+    An autoScaler section equal to the defaults counts as none: it asks for nothing.
+    """
+
+    def asked(key: str) -> bool:
+        return given is None or key in given
+
+    if asked("numReplicas") and config.num_replicas not in (None, replicas):
+        raise ConfigError(
+            "numReplicas",
+            f"numReplicas ({config.num_replicas}) must be the number of replicaUrls"
+            f" ({replicas}), or left out: mlfe neither starts nor stops those replicas",
+        )
+    if asked("autoScaler") and config.autoscale.enabled and config.autoscale != AutoscaleConfig():
+        raise ConfigError(
+            "autoScaler",
+            "autoScaler settings do not apply to a version with replicaUrls (mlfe neither"
+            " starts nor stops those replicas): leave autoScaler out",
+        )
+    if asked("environmentVariables") and config.environment_variables:
+        raise ConfigError(
+            "environmentVariables",
+            "environmentVariables cannot be set for a version with replicaUrls: mlfe does"
+            " not start those replicas",
+        )
+    fixed = AutoscaleConfig(
+        enabled=False, min_replicas=replicas, max_replicas=replicas, warm_replicas=0
+    )
+    return replace(config, autoscale=fixed, num_replicas=replicas, environment_variables=_EMPTY)
 
 
 def _join(base: Path, text: str, key: str) -> Path:

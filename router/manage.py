@@ -403,7 +403,8 @@ class ManageApi:
                 raise InvalidRequest(f"tail must be an integer from 1 to {MAX_LOG_TAIL}")
             tail = int(tail_text)
         version = query.get("version") or None
-        return JSONResponse(self.manager.logs(request.path_params["name"], version, tail))
+        logs = await self.manager.logs(request.path_params["name"], version, tail)
+        return JSONResponse(logs)
 
 
 def endpoints(api: ManageApi, document: Callable[[], Mapping[str, Any]]) -> list[Endpoint]:
@@ -619,7 +620,8 @@ _MODELS = {
 _MODEL_DIR = {"type": "string", "description": "an absolute folder (instead of models)"}
 _INFERENCE = {
     **_OBJECT,
-    "description": "inferenceconfig.json, with an absolute sourceDirectory (or entryScript)",
+    "description": "inferenceconfig.json, with an absolute sourceDirectory (or entryScript),"
+    " or replicaUrls (http://host:port of replicas someone else runs) instead of both",
 }
 _DEPLOYMENT = {**_OBJECT, "description": "deploymentconfig.json (Azure ML AKS keys)"}
 _PATCH = {**_OBJECT, "description": "a partial deploymentconfig.json, merged (RFC 7386)"}

@@ -41,6 +41,8 @@ from starlette.routing import BaseRoute, Mount
 
 from autoscaler.backends.base import ReplicaBackend
 from autoscaler.backends.local import LocalBackend
+from autoscaler.backends.mixed import MixedBackend
+from autoscaler.backends.static import StaticBackend
 from autoscaler.loop import ControlLoop
 from router.app import create_app
 from router.auth import generate_key
@@ -173,7 +175,8 @@ def open_backend(
             store = SqliteStore(state_dir / STORE_FILE)
         except StoreError as error:
             raise ServeError(str(error)) from None
-        backend = LocalBackend(state_dir, sink)
+        # Versions listing replica urls are probed; the others run as child processes.
+        backend = MixedBackend(LocalBackend(state_dir, sink), StaticBackend(sink))
         return Backing(store, backend, ControlLoop(backend, sink))
     if settings.backend == "kubernetes":
         from router.serve_kubernetes import ClusterRouter  # loads the kubernetes client

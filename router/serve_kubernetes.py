@@ -23,6 +23,8 @@ from autoscaler.backends.base import DeploymentKey
 from autoscaler.backends.kube_api import connect
 from autoscaler.backends.kube_manifests import MODELS_MOUNT, ModelsVolume, PodOptions
 from autoscaler.backends.kubernetes import KubernetesBackend
+from autoscaler.backends.mixed import SharedMixedBackend
+from autoscaler.backends.static import StaticBackend
 from autoscaler.leader import LeaderElector
 from autoscaler.loop import ControlLoop
 from router.demand import ClusterDemandSource, DemandMeters, demand_route
@@ -66,15 +68,18 @@ class ClusterRouter:
         self.identity = settings.identity or socket.gethostname()
         self._manager: ServiceManager | None = None
         self.store = KubernetesStore(self.api_client, self.namespace)
-        self.backend = KubernetesBackend(
+        sink = RegistryReplicaSink(registry)
+        deployments = KubernetesBackend(
             self.api_client,
             self.namespace,
-            RegistryReplicaSink(registry),
+            sink,
             image=settings.runtime_image,
             models_volume=models_volume(settings),
             pod_options=self._pod_options,
             watch_timeout=WATCH_TIMEOUT,
         )
+        # Versions listing replica urls are probed by every router pod itself.
+        self.backend = SharedMixedBackend(deployments, StaticBackend(sink))
         self.elector = LeaderElector(
             self.api_client,
             self.namespace,

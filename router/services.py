@@ -23,6 +23,10 @@ outlive routers there, so a restart adopts the Deployments that run the stored
 template as they are, at the cluster's replica count. Store calls run in worker threads:
 the cluster store waits on the API server, and one code path serves both stores (measured
 here: a SQLite change ~0.5 ms with its fsync, more on a slow disk; the hop ~0.1 ms).
+
+A version whose inferenceConfig lists replica urls runs nothing of ours: it has exactly
+those replicas, and the backend (MixedBackend) health-checks them. Every router probes
+them itself, also one that only follows another's change.
 """
 
 from __future__ import annotations
@@ -32,12 +36,10 @@ import contextlib
 import functools
 import logging
 import math
-import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -49,10 +51,10 @@ from autoscaler.backends.base import (
     DeploymentStatus,
     ModelFile,
     ReplicaBackend,
+    ReplicaLog,
     ReplicaTemplate,
 )
 from autoscaler.backends.kube_manifests import PodOptions
-from autoscaler.backends.local import LocalBackend, log_tail
 from autoscaler.loop import Autoscale, ControlLoop, FixedReplicas, Scaling
 from autoscaler.policy import ScalingConfig
 from router.auth import generate_key, issue_token
@@ -66,6 +68,7 @@ from router.config import (
     inference_config_to_json,
     merge_deployment_config,
     parse_deployment_config,
+    static_deployment_config,
     validate_service_name,
     validate_version_name,
 )
@@ -84,7 +87,6 @@ DEFAULT_TOKEN_LIFETIME = 3600.0
 MAX_LOG_TAIL = 10_000
 # Percentiles are user floats: 33.3 + 33.3 + 33.4 must not count as over 100.
 _TRAFFIC_TOLERANCE = 1e-7
-_REPLICA_NUMBER = re.compile(r"\d+")
 
 ServiceState = Literal["Transitioning", "Healthy", "Unhealthy", "Unschedulable", "Failed"]
 KeyType = Literal["Primary", "Secondary"]
@@ -205,6 +207,22 @@ class SharedBackend(Protocol):
     def untrack(self, key: DeploymentKey) -> None:
         """Stop following a deployment someone else deletes."""
         ...
+
+
+@runtime_checkable
+class SharedWithUrls(SharedBackend, Protocol):
+    """A shared backend that also serves replica urls (SharedMixedBackend)."""
+
+    def untrack_shared(self, key: DeploymentKey) -> None:
+        """Stop following the shared deployment of `key` without deleting anything."""
+        ...
+
+
+@runtime_checkable
+class SupportsLogs(Protocol):
+    """A backend that can show its replicas' logs (all of mlfe's can)."""
+
+    async def logs(self, key: DeploymentKey, tail: int = 100) -> tuple[ReplicaLog, ...]: ...
 
 
 P = ParamSpec("P")
@@ -488,6 +506,13 @@ class ServiceManager:
     async def _follow(self, live: _Live, version: VersionRecord) -> None:
         """Follow a version's replicas and control their count, deploying nothing."""
         key = DeploymentKey(live.record.name, version.name)
+        if version.inference.replica_urls:
+            # Replica urls are no one's to share: every router probes them itself. What
+            # the version ran before is the writing router's to delete.
+            if isinstance(self._backend, SharedWithUrls):
+                self._backend.untrack_shared(key)
+            await self._deploy(live, version)
+            return
         scaling, _ = _scaling(version.deployment)
         try:
             if isinstance(self._backend, SharedBackend):
@@ -565,8 +590,9 @@ class ServiceManager:
             version = live.record.version(key.version) or live.retiring.get(key.version)
         return PodOptions() if version is None else pod_options_for(version.deployment)
 
-    def logs(self, name: str, version: str | None = None, tail: int = 100) -> dict[str, Any]:
-        """The last `tail` lines of each replica's log of one version (default: the default)."""
+    async def logs(self, name: str, version: str | None = None, tail: int = 100) -> dict[str, Any]:
+        """The last `tail` lines of each replica's log of one version (default: the default),
+        as the backend keeps them (files beside the local replicas, the pods' logs)."""
         live = self._live(name)
         if not 1 <= tail <= MAX_LOG_TAIL:
             raise InvalidRequest(f"tail must be between 1 and {MAX_LOG_TAIL}, got {tail}")
@@ -575,8 +601,12 @@ class ServiceManager:
             version = default.name if default else live.record.versions[0].name
         elif live.record.version(version) is None:
             raise UnknownService(f"service {name!r} has no version {version!r}")
-        key = DeploymentKey(name, version)
-        replicas = _replica_logs(self._backend, key, tail)
+        found: tuple[ReplicaLog, ...] = ()
+        if isinstance(self._backend, SupportsLogs):
+            # LookupError: not deployed (its deploy failed; the view says why).
+            with contextlib.suppress(LookupError):
+                found = await self._backend.logs(DeploymentKey(name, version), tail)
+        replicas = [{"id": r.id, "state": r.state, "log": r.log} for r in found]
         return {"version": version, "replicas": replicas}
 
     # -- services ---------------------------------------------------------------------
@@ -597,6 +627,7 @@ class ServiceManager:
             traffic=deployment.traffic_percentile or 0.0,
             is_default=True,
         )
+        version = _from_urls(version)
         record = ServiceRecord(
             name=name,
             auth_mode=auth_mode,
@@ -632,7 +663,7 @@ class ServiceManager:
             primary = merged.primary_key or primary
             secondary = merged.secondary_key or secondary
             new_version = replace(new_version, deployment=merged)
-        new_version = _apply_source(new_version, changes)
+        new_version = _from_urls(_apply_source(new_version, changes), _given(changes))
         new_version = replace(
             new_version,
             deployment=_normalized(new_version.deployment, auth_mode),
@@ -744,6 +775,7 @@ class ServiceManager:
             is_default=request.is_default,
             is_control=request.is_control,
         )
+        version = _from_urls(version)
         if request.is_control:
             _check_no_other_control(record.versions, version_name)
         others = record.versions
@@ -789,7 +821,7 @@ class ServiceManager:
                 deployment=_normalized(merged, record.auth_mode),
                 description=merged.description,
             )
-        new = _apply_source(new, changes)
+        new = _from_urls(_apply_source(new, changes), _given(changes))
         versions = tuple(
             new
             if v.name == version_name
@@ -1405,8 +1437,42 @@ def _apply_source(version: VersionRecord, changes: VersionChanges) -> VersionRec
     return version
 
 
+def _from_urls(version: VersionRecord, given: Collection[str] | None = None) -> VersionRecord:
+    """A version whose inferenceConfig lists replicaUrls as it is stored: no models, and
+    exactly those replicas (numReplicas = how many, no autoscaling), since mlfe neither
+    starts nor scales them. What the request gave (`given`: the deploymentConfig keys,
+    and "models"; None: everything) that says otherwise is refused; what the version
+    kept from before it listed urls is replaced."""
+    urls = version.inference.replica_urls
+    if not urls:
+        return version
+    if (given is None or "models" in given) and (version.models or version.model_dir):
+        raise InvalidRequest(
+            "models and modelDir do not apply to a version with inferenceConfig.replicaUrls:"
+            " its replicas load their own models"
+        )
+    try:
+        deployment = static_deployment_config(version.deployment, len(urls), given=given)
+    except ConfigError as error:
+        raise prefixed(error, "deploymentConfig") from None
+    return replace(version, deployment=deployment, models=(), model_dir=None)
+
+
+def _given(changes: VersionChanges) -> set[str]:
+    given = set(changes.deployment_changes or ())
+    if changes.models is not None or changes.model_dir is not None:
+        given.add("models")
+    return given
+
+
 def _template(service: str, version: VersionRecord) -> ReplicaTemplate:
     deployment, inference = version.deployment, version.inference
+    if inference.replica_urls:
+        return ReplicaTemplate(
+            urls=inference.replica_urls,
+            slots=deployment.max_concurrent_requests_per_container,
+            scoring_timeout_ms=deployment.scoring_timeout_ms,
+        )
     # The runtime names its swagger document after these, as Azure's server does.
     environment = {"SERVICE_NAME": service, "SERVICE_VERSION": version.name}
     environment.update(inference.environment_variables)
@@ -1488,34 +1554,6 @@ def _version_spec(version: VersionRecord, traffic: float) -> VersionSpec:
         slots_per_replica=deployment.max_concurrent_requests_per_container,
         max_queue_wait=deployment.max_queue_wait_ms / 1000,
     )
-
-
-def _replica_logs(backend: ReplicaBackend, key: DeploymentKey, tail: int) -> list[dict[str, str]]:
-    """Each replica's log tail. The local backend keeps `<id>.log` per replica beside its
-    socket, also after the replica is gone (a failed init's traceback stays readable)."""
-    if not isinstance(backend, LocalBackend):
-        return []
-    try:
-        infos = {info.id: info for info in backend.replicas(key)}
-    except LookupError:
-        infos = {}
-    directory = backend.state_dir / "replicas" / key.service / key.version
-    paths: dict[str, Path] = {path.stem: path for path in directory.glob("*.log")}
-    for replica in infos.values():
-        paths.setdefault(replica.id, replica.log_path)
-    out = []
-    for replica_id in sorted(paths, key=_replica_order):
-        info = infos.get(replica_id)
-        state = info.state.value if info is not None else "Stopped"
-        if info is not None and state == "Ready" and not info.serving:
-            state = "Warm"
-        out.append({"id": replica_id, "state": state, "log": log_tail(paths[replica_id], 0, tail)})
-    return out
-
-
-def _replica_order(replica_id: str) -> tuple[int, str]:
-    digits = _REPLICA_NUMBER.search(replica_id)
-    return (int(digits.group()) if digits else 0, replica_id)
 
 
 def _number(value: float) -> int | float:

@@ -120,6 +120,15 @@ class DeploymentStatus:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class ReplicaLog:
+    """One replica and the last lines of its log, for the management API."""
+
+    id: str
+    state: str  # Starting, Ready, Warm, Draining, Stopped, Failed, Unhealthy, ...
+    log: str
+
+
 class ReplicaBackend(Protocol):
     """Where replicas run. Every method is called on the event loop."""
 

@@ -30,6 +30,7 @@ from autoscaler.backends.base import (
     DeploymentKey,
     DeploymentState,
     DeploymentStatus,
+    ReplicaLog,
     ReplicaSink,
     ReplicaTemplate,
 )
@@ -96,15 +97,6 @@ class _Told:
 
     address: str
     draining: bool = False
-
-
-@dataclass(frozen=True)
-class ReplicaLog:
-    """One pod and the last lines of its log, for the management API."""
-
-    id: str
-    state: str
-    log: str
 
 
 @dataclass(eq=False)

@@ -23,6 +23,7 @@ import enum
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,7 @@ from autoscaler.backends.base import (
     DeploymentKey,
     DeploymentState,
     DeploymentStatus,
+    ReplicaLog,
     ReplicaSink,
     ReplicaTemplate,
 )
@@ -57,6 +59,7 @@ PROBE_TIMEOUT = 2.0
 DRAIN_MARGIN = 1.0
 # mlfe's own settings (the admin key among them) are not the replicas' business.
 PRIVATE_ENV_PREFIX = "MLFE_"
+_REPLICA_NUMBER = re.compile(r"\d+")
 
 Outcome = Literal["ready", "exited", "stop", "timeout"]
 
@@ -279,6 +282,17 @@ class LocalBackend:
     def replicas(self, key: DeploymentKey) -> tuple[ReplicaInfo, ...]:
         """Every replica not yet gone, stopping ones included."""
         return tuple(r.info() for r in self._get(key).replicas.values())
+
+    async def logs(self, key: DeploymentKey, tail: int = 100) -> tuple[ReplicaLog, ...]:
+        """The last `tail` lines of each replica's log, in the order they were started.
+
+        A replica's `<id>.log` stays beside its socket after it stopped, until the version
+        is deleted, so a failed init()'s traceback stays readable (state Stopped or Failed).
+        """
+        dep = self._deployments.get(key)
+        running = {r.id: r.info() for r in dep.replicas.values()} if dep else {}
+        directory = self.state_dir / "replicas" / key.service / key.version
+        return await asyncio.to_thread(_read_logs, directory, running, tail)
 
     # -- deciding --------------------------------------------------------------------------
 
@@ -654,6 +668,27 @@ def log_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:
         return ""
     text = data.decode("utf-8", errors="replace").rstrip()
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _read_logs(
+    directory: Path, running: dict[str, ReplicaInfo], tail: int
+) -> tuple[ReplicaLog, ...]:
+    paths = {path.stem: path for path in directory.glob("*.log")}
+    for replica in running.values():
+        paths.setdefault(replica.id, replica.log_path)
+    found = []
+    for replica_id in sorted(paths, key=_replica_order):
+        info = running.get(replica_id)
+        state = info.state.value if info is not None else ReplicaState.STOPPED.value
+        if info is not None and info.state is ReplicaState.READY and not info.serving:
+            state = "Warm"  # a standby: ready, out of rotation
+        found.append(ReplicaLog(replica_id, state, log_tail(paths[replica_id], 0, tail)))
+    return tuple(found)
+
+
+def _replica_order(replica_id: str) -> tuple[int, str]:
+    digits = _REPLICA_NUMBER.search(replica_id)
+    return (int(digits.group()) if digits else 0, replica_id)
 
 
 def _exit_reason(code: int) -> str:

@@ -17,6 +17,7 @@ from autoscaler.backends.base import (
     DeploymentKey,
     DeploymentState,
     DeploymentStatus,
+    ReplicaLog,
     ReplicaSink,
     ReplicaTemplate,
 )
@@ -66,6 +67,7 @@ class _StaticDeployment:
     health: dict[str, _Health] = field(default_factory=dict)
     probed: bool = False  # one full round of probes has run
     task: asyncio.Task[None] | None = None
+    slots: int = 1
 
 
 class StaticBackend:
@@ -99,10 +101,18 @@ class StaticBackend:
         wanted = {r.id: r for r in map(StaticReplica.parse, template.urls)}
         dep = self._deployments.get(key)
         if dep is None:
-            dep = _StaticDeployment(key)
+            dep = _StaticDeployment(key, slots=template.slots)
             self._deployments[key] = dep
         for replica_id in [i for i in dep.health if i not in wanted]:
             self._take_out(dep, dep.health.pop(replica_id), "no longer listed")
+        if template.slots != dep.slots:
+            # The router starts a new pool for a new slot count (the replicas of other
+            # backends restart with it): the healthy replicas go into it at once.
+            dep.slots = template.slots
+            for health in dep.health.values():
+                if health.in_rotation:
+                    self.sink.replica_removed(key, health.replica.id)
+                    self.sink.replica_ready(key, health.replica.id, health.replica.address)
         for replica_id, replica in wanted.items():
             dep.health.setdefault(replica_id, _Health(replica))
         logger.info("event=deploy deployment=%s urls=%d", key, len(wanted))
@@ -115,8 +125,17 @@ class StaticBackend:
 
     async def delete(self, key: DeploymentKey) -> None:
         dep = self._get(key)
-        del self._deployments[key]
+        self.untrack(key)
         await _cancel(dep.task)
+
+    def untrack(self, key: DeploymentKey) -> None:
+        """Stop probing `key` and take its replicas out of rotation, at once (the probe
+        task ends in the background): the replicas are not ours to stop."""
+        dep = self._deployments.pop(key, None)
+        if dep is None:
+            return
+        if dep.task is not None:
+            dep.task.cancel()
         for health in dep.health.values():
             self._take_out(dep, health, "deleted")
 
@@ -137,6 +156,17 @@ class StaticBackend:
 
     def ready_count(self, key: DeploymentKey) -> int:
         return sum(1 for h in self._get(key).health.values() if h.in_rotation)
+
+    async def logs(self, key: DeploymentKey, tail: int = 100) -> tuple[ReplicaLog, ...]:
+        """Each URL and its health: the replicas' logs are where they run, not here."""
+        found = []
+        for health in self._get(key).health.values():
+            state = "Ready" if health.in_rotation else "Unhealthy"
+            note = "mlfe does not run this replica: its log is where it runs"
+            if health.last_error:
+                note += f"\nlast health check: {health.last_error}"
+            found.append(ReplicaLog(health.replica.url, state, note))
+        return tuple(found)
 
     async def close(self) -> None:
         for dep in self._deployments.values():

@@ -43,6 +43,11 @@ def run_local_argv(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
                 read_json_file(args.ic, "inference configuration"),
                 base_dir=Path(args.ic).absolute().parent,
             )
+            if inference.replica_urls:
+                raise CliError(
+                    f"run-local runs an entry script, but {args.ic} lists replicaUrls"
+                    " (replicas that run elsewhere): deploy it with `mlfe deploy` instead"
+                )
             entry_script = entry_script or str(inference.entry_script)
             source_dir = source_dir or str(inference.source_directory)
             environment.update(inference.environment_variables)

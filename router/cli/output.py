@@ -51,6 +51,7 @@ def format_service(view: Mapping[str, Any]) -> str:
         ]
     )
     rows = []
+    listed: list[str] = []
     errors = []
     for version in view.get("versions", []):
         configured = version.get("trafficPercentile")
@@ -69,11 +70,17 @@ def format_service(view: Mapping[str, Any]) -> str:
                 format_replicas(version.get("replicas") or {}),
             ]
         )
+        urls = (version.get("inferenceConfig") or {}).get("replicaUrls")
+        if urls:
+            # Replicas someone else runs: which ones is what a person checks first.
+            listed.append(f"version {version.get('name')} replica urls: {', '.join(urls)}")
         if version.get("error"):
             errors.append(f"version {version.get('name')} error: {version['error']}")
     if view.get("error") and not errors:
         errors.append(f"error: {view['error']}")
     versions = table(["VERSION", "DEFAULT", "CONTROL", "TRAFFIC", "STATE", "REPLICAS"], rows)
+    if listed:
+        versions += "\n\n" + "\n".join(listed)
     return "\n\n".join([header, versions, *errors])
 
 

@@ -104,7 +104,8 @@ def _deployment_flags(parser: argparse.ArgumentParser, *, require_ic: bool) -> N
         dest="ic",
         required=require_ic,
         metavar="FILE",
-        help="inferenceconfig.json (entryScript, sourceDirectory, environment)",
+        help="inferenceconfig.json (entryScript, sourceDirectory, environment; or"
+        " replicaUrls of replicas that run elsewhere, with no models)",
     )
     parser.add_argument(
         "--dc",

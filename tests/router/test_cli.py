@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from tests.helpers.processes import processes_mentioning
+from tests.helpers.runtime_proc import start_runtime
 
 SCRIPTS = Path(__file__).parent / "scripts"
 BIN = Path(sys.executable).parent
@@ -484,6 +485,33 @@ def test_an_unreachable_server_gets_a_clear_message(mlfe: Mlfe) -> None:
     result = mlfe("--url", url, "service", "list", "--admin-key", "any")
     assert result.code == 1
     assert result.err.strip() == f"error: cannot reach mlfe at {url}: is `mlfe serve` running?"
+
+
+def test_a_service_of_replica_urls_deploys_without_models_and_shows_them(
+    mlfe: Mlfe, project: Project
+) -> None:
+    with start_runtime(SCRIPTS / "behave_score.py", env={"MLFE_TEST_VERSION": "theirs"}) as theirs:
+        ic = project.root / "config" / "byo-ic.json"
+        ic.write_text(json.dumps({"replicaUrls": [theirs.base_url]}))
+        result = mlfe("deploy", "-n", "byo", "--ic", str(ic.relative_to(project.root)))
+        assert result.code == 0, result.err
+        assert "Succeeded" in result.err
+        view = mlfe.show("byo")
+        (version,) = view["versions"]
+        assert version["inferenceConfig"] == {"replicaUrls": [theirs.base_url]}
+        assert version["replicas"]["ready"] == 1
+        assert (
+            f"version byo replica urls: {theirs.base_url}" in mlfe.ok("service", "show", "byo").out
+        )
+        response = score(view["scoringUri"], mlfe.keys("byo")["primaryKey"], {})
+        assert response.status_code == 200, response.text
+        assert response.json()["pid"] == theirs.pid
+        assert response.json()["version"] == "theirs"
+
+        local = mlfe("run-local", "--ic", str(ic))
+        assert local.code == 1
+        assert "replicaUrls" in local.err
+        mlfe.ok("service", "delete", "byo")
 
 
 def test_delete_removes_the_service(mlfe: Mlfe, deployed: Result) -> None:

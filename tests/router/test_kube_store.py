@@ -121,6 +121,23 @@ def test_a_service_round_trips_and_its_keys_live_only_in_a_secret(
     assert set(stored.values()) >= {"service-primary-key", "blue-secondary-key"}
 
 
+def test_a_version_of_replica_urls_round_trips(api: client.ApiClient, project: Path) -> None:
+    record = service(project)
+    urls = ("http://10.0.0.5:5001", "http://scorer.internal:80")
+    byo = VersionRecord(
+        name="byo",
+        deployment=parse_deployment_config({"numReplicas": 2}),
+        inference=parse_inference_config({"replicaUrls": list(urls)}, base_dir=project),
+        traffic_percentile=10,
+    )
+    created = KubernetesStore(api, NAMESPACE).create_service(
+        replace(record, versions=(*record.versions, byo))
+    )
+    found = KubernetesStore(api, NAMESPACE).get_service("diabetes")
+    assert found is not None and found == created
+    assert found.versions[2].inference.replica_urls == urls
+
+
 def test_a_stale_revision_conflicts_and_two_racing_writers_get_one_win(
     api: client.ApiClient, project: Path
 ) -> None:

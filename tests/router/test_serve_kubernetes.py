@@ -30,6 +30,7 @@ from kubernetes import client
 
 from autoscaler.backends.kube_api import Json, api_call, api_text
 from router.serve_kubernetes import LEASE_NAME
+from tests.helpers.runtime_proc import start_runtime
 from tests.kube import Cluster, Fault, start_cluster
 from tests.router.serve_process import pid_alive
 
@@ -40,6 +41,7 @@ LEASE_SECONDS = 3
 SCALE_DOWN_SECONDS = 8
 ROUTER_PORT = 8080
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+BEHAVE_SCORE = Path(__file__).parent / "scripts" / "behave_score.py"
 
 SCORE = """
 import json
@@ -243,6 +245,13 @@ async def test_routers_share_services_scale_on_their_summed_demand_and_hand_over
             scored = await http.post(f"{url}/api/v1/service/echo/score", json={})
             assert scored.status_code == 200, scored.text
             assert scored.json()["pod"].startswith("mlfe-echo-echo-")
+        # The pods' logs, through either router.
+        for url in pods.values():
+            logs = await http.get(f"{url}/api/v1/manage/services/echo/logs?tail=50", headers=AUTH)
+            assert logs.status_code == 200, logs.text
+            (replica,) = logs.json()["replicas"]
+            assert replica["id"].startswith("mlfe-echo-echo-") and replica["state"] == "Ready"
+            assert "event=ready" in replica["log"]
 
         # One request at a time through the leader would need 2 replicas; two more
         # through the follower make 3: only the sum of both routers' demand gets there.
@@ -302,15 +311,56 @@ async def test_routers_share_services_scale_on_their_summed_demand_and_hand_over
             30,
             "the replicas are gone",
         )
+        await bring_your_own_replicas(http, routers)
 
 
-async def eventually_healthy(http: httpx.AsyncClient, url: str, timeout: float = 30) -> None:
+async def bring_your_own_replicas(http: httpx.AsyncClient, routers: Routers) -> None:
+    """A version of replica urls, created through one router: no Deployment, and every
+    router probes and serves the urls itself; a delete through the other reaches both."""
+    pods = routers.pods()
+    writer = next(p for p in pods if p != routers.holder())
+    (other,) = set(pods) - {writer}
+    container = await asyncio.to_thread(start_runtime, BEHAVE_SCORE)
+    try:
+        body = {
+            "name": "byo",
+            "inferenceConfig": {"replicaUrls": [container.base_url]},
+            "deploymentConfig": {"authEnabled": False},
+        }
+        created = await http.post(f"{pods[writer]}/api/v1/manage/services", json=body, headers=AUTH)
+        assert created.status_code == 202, created.text
+        for url in pods.values():
+            await eventually_healthy(http, url, name="byo")
+            scored = await http.post(f"{url}/api/v1/service/byo/score", json={})
+            assert scored.status_code == 200, scored.text
+            assert scored.json()["pid"] == container.pid
+            logs = await http.get(f"{url}/api/v1/manage/services/byo/logs", headers=AUTH)
+            assert [(r["id"], r["state"]) for r in logs.json()["replicas"]] == [
+                (container.base_url, "Ready")
+            ]
+        listed = api_call(client.AppsV1Api(routers.api).list_namespaced_deployment, NAMESPACE)
+        assert not any("byo" in d["metadata"]["name"] for d in listed["items"])
+
+        deleted = await http.delete(f"{pods[other]}/api/v1/manage/services/byo", headers=AUTH)
+        assert deleted.status_code == 202, deleted.text
+        for url in pods.values():
+            deadline = time.monotonic() + 10
+            while (await http.post(f"{url}/api/v1/service/byo/score", json={})).status_code != 404:
+                assert time.monotonic() < deadline, f"byo still served at {url}"
+                await asyncio.sleep(0.1)
+    finally:
+        container.stop()
+
+
+async def eventually_healthy(
+    http: httpx.AsyncClient, url: str, timeout: float = 30, name: str = "echo"
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        response = await http.get(f"{url}/api/v1/manage/services/echo", headers=AUTH)
+        response = await http.get(f"{url}/api/v1/manage/services/{name}", headers=AUTH)
         if response.status_code == 200 and response.json()["state"] == "Healthy":
             return
-        assert time.monotonic() < deadline, f"echo not Healthy at {url}: {response.text}"
+        assert time.monotonic() < deadline, f"{name} not Healthy at {url}: {response.text}"
         await asyncio.sleep(0.1)
 
 

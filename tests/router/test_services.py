@@ -347,7 +347,7 @@ async def test_a_failing_init_shows_as_failed_with_its_log_tail(plane: Plane) ->
     view = manager.view("broken")
     assert "model.pkl is missing from the model directory" in view["error"]
     assert view["versions"][0]["state"] == "Failed"
-    logs = manager.logs("broken", tail=50)
+    logs = await manager.logs("broken", tail=50)
     assert logs["version"] == "broken"
     assert any("FileNotFoundError" in replica["log"] for replica in logs["replicas"])
 

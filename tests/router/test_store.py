@@ -135,6 +135,21 @@ def test_every_field_round_trips_through_the_file(tmp_path: Path, project: Path)
     assert loaded.version("nope") is None
 
 
+def test_a_version_of_replica_urls_round_trips(store: SqliteStore, project: Path) -> None:
+    record = make_service(project)
+    urls = ("http://10.0.0.5:5001", "http://[::1]:80")
+    byo = VersionRecord(
+        name="byo",
+        deployment=parse_deployment_config({"numReplicas": 2}),
+        inference=parse_inference_config({"replicaUrls": list(urls)}, base_dir=project),
+        traffic_percentile=10,
+    )
+    created = store.create_service(replace(record, versions=(*record.versions, byo)))
+    found = store.get_service("diabetes")
+    assert found is not None and found == created
+    assert found.versions[2].inference.replica_urls == urls
+
+
 def test_versions_keep_their_order(store: SqliteStore, project: Path) -> None:
     record = make_service(project)
     reordered = replace(record, versions=tuple(reversed(record.versions)))
