@@ -9,10 +9,13 @@ reads. A backend (local processes, Kubernetes, static URLs) implements `ReplicaB
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Mapping
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
+
+logger = logging.getLogger("mlfe.autoscaler")
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,16 @@ class ReplicaSink(Protocol):
 
     def replica_removed(self, key: DeploymentKey, replica_id: str) -> None:
         """Forget the replica: it is stopped or gone."""
+
+
+def notify_sink(method: Callable[..., object], *args: object) -> Awaitable[None] | None:
+    """Tell the sink about a replica; a sink error is logged, never allowed to break the
+    backend's own bookkeeping (the replica exists whatever the router made of it)."""
+    try:
+        return method(*args)  # type: ignore[return-value]
+    except Exception:
+        logger.exception("event=sink-error call=%s", getattr(method, "__name__", method))
+        return None
 
 
 class DemandSource(Protocol):

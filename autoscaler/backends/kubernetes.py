@@ -33,6 +33,7 @@ from autoscaler.backends.base import (
     ReplicaLog,
     ReplicaSink,
     ReplicaTemplate,
+    notify_sink,
 )
 from autoscaler.backends.kube_api import (
     CONFLICT_RETRIES,
@@ -304,7 +305,7 @@ class KubernetesBackend:
         self._by_name.pop(name, None)
         if tracked is not None:
             drains = [
-                _notify(self.sink.replica_draining, key, pod)
+                notify_sink(self.sink.replica_draining, key, pod)
                 for pod, told in tracked.told.items()
                 if not told.draining
             ]
@@ -350,7 +351,7 @@ class KubernetesBackend:
         logger.info("event=recycle deployment=%s replica=%s", key, replica_id)
         told.draining = True
         tracked.recycled.add(replica_id)
-        _notify(self.sink.replica_draining, key, replica_id)
+        notify_sink(self.sink.replica_draining, key, replica_id)
         self._spawn(
             asyncio.to_thread(
                 self._ignore_missing, self._core.delete_namespaced_pod, replica_id, self.namespace
@@ -567,16 +568,16 @@ class KubernetesBackend:
                         pod,
                         endpoint.address,
                     )
-                    _notify(self.sink.replica_ready, key, pod, endpoint.address)
+                    notify_sink(self.sink.replica_ready, key, pod, endpoint.address)
             elif told is not None and not told.draining:
                 told.draining = True
                 logger.info("event=replica-draining deployment=%s replica=%s", key, pod)
-                _notify(self.sink.replica_draining, key, pod)
+                notify_sink(self.sink.replica_draining, key, pod)
 
     def _forget(self, tracked: _Tracked, pod: str) -> None:
         if tracked.told.pop(pod, None) is not None:
             logger.info("event=replica-removed deployment=%s replica=%s", tracked.key, pod)
-            _notify(self.sink.replica_removed, tracked.key, pod)
+            notify_sink(self.sink.replica_removed, tracked.key, pod)
 
     def _refresh(self, tracked: _Tracked) -> None:
         """Re-derive what follows from the cached objects: settled, log tails to fetch."""
@@ -764,12 +765,3 @@ def _pod_state(pod: Json) -> str:
     if _unschedulable(pod) is not None:
         return "Unschedulable"
     return "Ready" if _pod_ready(pod) else "Starting"
-
-
-def _notify(method: Callable[..., object], *args: object) -> Awaitable[None] | None:
-    """Tell the sink; a sink error is logged, never allowed to break the bookkeeping."""
-    try:
-        return method(*args)  # type: ignore[return-value]
-    except Exception:
-        logger.exception("event=sink-error call=%s", getattr(method, "__name__", method))
-        return None

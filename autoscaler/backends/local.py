@@ -41,6 +41,7 @@ from autoscaler.backends.base import (
     ReplicaLog,
     ReplicaSink,
     ReplicaTemplate,
+    notify_sink,
 )
 
 logger = logging.getLogger("mlfe.autoscaler.local")
@@ -385,7 +386,7 @@ class LocalBackend:
         replica.serving = True
         replica.serving_since = self._clock()
         logger.info("event=replica-serving deployment=%s replica=%s", dep.key, replica.id)
-        _notify(self.sink.replica_ready, dep.key, replica.id, replica.address)
+        notify_sink(self.sink.replica_ready, dep.key, replica.id, replica.address)
 
     def _stop(self, dep: _Deployment, replica: _Replica, *, drain: bool) -> None:
         """Ask a replica to stop; one in rotation first stops getting new work."""
@@ -394,13 +395,13 @@ class LocalBackend:
         replica.stopping = True
         if replica.serving and drain:
             replica.state = ReplicaState.DRAINING
-            replica.drained = _notify(self.sink.replica_draining, dep.key, replica.id)
+            replica.drained = notify_sink(self.sink.replica_draining, dep.key, replica.id)
         replica.stop_requested.set()
 
     def _removed(self, dep: _Deployment, replica: _Replica) -> None:
         if replica.serving:
             replica.serving = False
-            _notify(self.sink.replica_removed, dep.key, replica.id)
+            notify_sink(self.sink.replica_removed, dep.key, replica.id)
 
     # -- one replica's life ----------------------------------------------------------------
 
@@ -708,15 +709,6 @@ def _serving_since(replica: _Replica) -> float:
 
 def _started_at(replica: _Replica) -> float:
     return replica.started_at
-
-
-def _notify(method: Callable[..., object], *args: object) -> Awaitable[None] | None:
-    """Tell the sink; a sink error is logged, never allowed to break replica bookkeeping."""
-    try:
-        return method(*args)  # type: ignore[return-value]
-    except Exception:
-        logger.exception("event=sink-error call=%s", getattr(method, "__name__", method))
-        return None
 
 
 def _signal_group(pid: int, signum: int) -> None:
