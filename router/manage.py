@@ -35,18 +35,17 @@ from router.config import (
     parse_deployment_config,
     parse_inference_config,
 )
-from router.services import (
-    MAX_LOG_TAIL,
+from router.service_requests import (
     AuthRequest,
     InvalidRequest,
     NewService,
     NewVersion,
     ServiceError,
-    ServiceManager,
     VersionChanges,
     VersionSource,
-    prefixed,
 )
+from router.services import MAX_LOG_TAIL, ServiceManager
+from router.versions import prefixed
 
 logger = logging.getLogger("mlfe.manage")
 

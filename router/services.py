@@ -27,6 +27,10 @@ here: a SQLite change ~0.5 ms with its fsync, more on a slow disk; the hop ~0.1 
 A version whose inferenceConfig lists replica urls runs nothing of ours: it has exactly
 those replicas, and the backend (MixedBackend) health-checks them. Every router probes
 them itself, also one that only follows another's change.
+
+The requests and refusals are in `router.service_requests`, the version rules and what
+runs a version in `router.versions`, the JSON views and derived states in
+`router.service_views`: this module is the orchestration only.
 """
 
 from __future__ import annotations
@@ -35,49 +39,71 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
-
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from autoscaler.backends.base import (
     DeploymentKey,
-    DeploymentState,
     DeploymentStatus,
-    ModelFile,
     ReplicaBackend,
     ReplicaLog,
     ReplicaTemplate,
 )
 from autoscaler.backends.kube_manifests import PodOptions
-from autoscaler.loop import Autoscale, ControlLoop, FixedReplicas, Scaling
-from autoscaler.policy import ScalingConfig
+from autoscaler.loop import Autoscale, ControlLoop, FixedReplicas
 from router.auth import generate_key, issue_token
 from router.config import (
-    AuthMode,
     ConfigError,
-    DeploymentConfig,
-    InferenceConfig,
-    ModelRef,
-    deployment_config_to_json,
-    inference_config_to_json,
-    merge_deployment_config,
     parse_deployment_config,
-    static_deployment_config,
     validate_service_name,
     validate_version_name,
 )
-from router.registry import Registry, ServiceSpec, VersionSpec
+from router.registry import Registry, ServiceSpec
+from router.service_requests import (
+    AuthRequest,
+    Busy,
+    InvalidRequest,
+    KeyType,
+    NewService,
+    NewVersion,
+    UnknownService,
+    VersionChanges,
+)
+from router.service_views import (
+    ServiceState,
+    StateCollector,
+    VersionHealth,
+    iso_time,
+    service_view,
+    state_of,
+    version_error,
+    worst,
+)
 from router.store import Conflict, NotFound, ServiceRecord, Store, StoreError, VersionRecord
+from router.versions import (
+    MAX_VERSIONS,
+    Rollout,
+    apply_source,
+    check_auth,
+    check_no_other_control,
+    check_versions,
+    from_urls,
+    given_keys,
+    merged_deployment,
+    normalized_deployment,
+    pod_options_for,
+    rollout_for,
+    scaling_for,
+    template_for,
+    valid_percentile,
+    version_record,
+    version_spec,
+)
 
 logger = logging.getLogger("mlfe.services")
 
-MAX_VERSIONS = 6
 # How long a router following another's change waits for the Deployment to show up.
 FOLLOW_WAIT = 10.0
 # Retries (seconds, doubling) of catching up with a change the shared store did not tell.
@@ -85,103 +111,6 @@ SYNC_RETRY = 1.0
 MAX_SYNC_RETRY = 30.0
 DEFAULT_TOKEN_LIFETIME = 3600.0
 MAX_LOG_TAIL = 10_000
-# Percentiles are user floats: 33.3 + 33.3 + 33.4 must not count as over 100.
-_TRAFFIC_TOLERANCE = 1e-7
-
-ServiceState = Literal["Transitioning", "Healthy", "Unhealthy", "Unschedulable", "Failed"]
-KeyType = Literal["Primary", "Secondary"]
-Rollout = Literal["none", "scale", "roll"]
-
-
-# -- errors -------------------------------------------------------------------------------
-
-
-class ServiceError(Exception):
-    """A request the manager refuses; `status` is the HTTP status that says why."""
-
-    status = 400
-
-    @property
-    def message(self) -> str:
-        return str(self)
-
-
-class InvalidRequest(ServiceError):
-    """The request breaks a rule (validation, version rules): 400."""
-
-
-class UnknownService(ServiceError):
-    """No such service or version: 404."""
-
-    status = 404
-
-
-class Busy(ServiceError):
-    """The name is taken, or another operation on the service is in progress: 409."""
-
-    status = 409
-
-
-# -- requests -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VersionSource:
-    """What a version runs: its inference configuration and models (a list or a folder)."""
-
-    inference: InferenceConfig
-    models: tuple[ModelRef, ...] = ()
-    model_dir: str | None = None
-
-
-@dataclass(frozen=True)
-class AuthRequest:
-    """The auth settings a deploymentconfig.json spelled out (None: not given)."""
-
-    mode: AuthMode | None = None
-    primary_key: str | None = field(default=None, repr=False)
-    secondary_key: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class NewService:
-    """POST /services: a service with one version."""
-
-    name: str
-    deployment: DeploymentConfig
-    source: VersionSource
-
-
-@dataclass(frozen=True)
-class NewVersion:
-    """POST /services/{name}/versions. `auth` is what the request's deploymentConfig
-    said about auth, which must match the service's (auth belongs to the service)."""
-
-    name: str
-    deployment: DeploymentConfig
-    source: VersionSource
-    auth: AuthRequest = AuthRequest()
-    traffic_percentile: float | None = None  # None: the file's trafficPercentile, else 0
-    is_default: bool = False
-    is_control: bool = False
-
-
-@dataclass(frozen=True)
-class VersionChanges:
-    """PATCH of a version (or of a service, applied to its default version).
-
-    `deployment_changes` is a partial deploymentconfig.json merged into the current one;
-    `inference` replaces the inference configuration; `models` or `model_dir` replaces
-    the models.
-    """
-
-    traffic_percentile: float | None = None
-    is_default: bool | None = None
-    is_control: bool | None = None
-    deployment_changes: Mapping[str, Any] | None = None
-    inference: InferenceConfig | None = None
-    models: tuple[ModelRef, ...] | None = None
-    model_dir: str | None = None
 
 
 @runtime_checkable
@@ -316,7 +245,7 @@ class ServiceManager:
         self._sync_again: set[str] = set()
         if isinstance(backend, SupportsRecycle):
             registry.on_replica_timeout = self._recycle
-        registry.metrics.registry.register(_StateCollector(self))
+        registry.metrics.registry.register(StateCollector(self.states))
 
     # -- lifetime ---------------------------------------------------------------------
 
@@ -369,9 +298,9 @@ class ServiceManager:
         if not isinstance(backend, SharedBackend):
             return False
         key = DeploymentKey(live.record.name, version.name)
-        scaling, _ = _scaling(version.deployment)
+        scaling, _ = scaling_for(version.deployment)
         try:
-            if not await backend.adopt(key, _template(key.service, version)):
+            if not await backend.adopt(key, template_for(key.service, version)):
                 return False
             # A numReplicas change may have been stored but not applied (a crash).
             fixed = scaling.replicas if isinstance(scaling, FixedReplicas) else None
@@ -471,9 +400,9 @@ class ServiceManager:
         follow = []
         for version in record.versions:
             before = old.version(version.name)
-            how = "roll" if before is None else _rollout(before, version)
+            how = "roll" if before is None else rollout_for(before, version)
             key = DeploymentKey(name, version.name)
-            scaling, _ = _scaling(version.deployment)
+            scaling, _ = scaling_for(version.deployment)
             if how == "roll":
                 follow.append(version)
             elif how == "scale" and isinstance(scaling, Autoscale) and self._loop.controls(key):
@@ -513,7 +442,7 @@ class ServiceManager:
                 self._backend.untrack_shared(key)
             await self._deploy(live, version)
             return
-        scaling, _ = _scaling(version.deployment)
+        scaling, _ = scaling_for(version.deployment)
         try:
             if isinstance(self._backend, SharedBackend):
                 await self._backend.track(key, wait=FOLLOW_WAIT)
@@ -573,12 +502,12 @@ class ServiceManager:
         issued = issue_token(
             self._store.signing_secret(), name, lifetime=self._token_lifetime, now=self._clock()
         )
-        logger.info("event=token-issued service=%s expires=%s", name, _iso(issued.expires_at))
+        logger.info("event=token-issued service=%s expires=%s", name, iso_time(issued.expires_at))
         return {
             "accessToken": issued.token,
             "tokenType": "Bearer",
-            "refreshAfter": _iso(issued.refresh_after),
-            "expiryOn": _iso(issued.expires_at),
+            "refreshAfter": iso_time(issued.refresh_after),
+            "expiryOn": iso_time(issued.expires_at),
         }
 
     def pod_options(self, key: DeploymentKey) -> PodOptions:
@@ -619,7 +548,7 @@ class ServiceManager:
         version_name = deployment.version_name or name
         validate_version_name(version_name, "deploymentConfig.versionName")
         auth_mode = deployment.auth_mode
-        version = _version_record(
+        version = version_record(
             version_name,
             deployment,
             request.source,
@@ -627,7 +556,7 @@ class ServiceManager:
             traffic=deployment.traffic_percentile or 0.0,
             is_default=True,
         )
-        version = _from_urls(version)
+        version = from_urls(version)
         record = ServiceRecord(
             name=name,
             auth_mode=auth_mode,
@@ -635,7 +564,7 @@ class ServiceManager:
             secondary_key=deployment.secondary_key or generate_key(),
             versions=(version,),
         )
-        _check_versions(record.versions)
+        check_versions(record.versions)
         record = await self._write(self._store.create_service, record)
         live = _Live(record, serving={version.name})
         self._services[name] = live
@@ -658,21 +587,21 @@ class ServiceManager:
         auth_mode, primary, secondary = record.auth_mode, record.primary_key, record.secondary_key
         new_version = default
         if changes.deployment_changes is not None:
-            merged = _merge(default.deployment, changes.deployment_changes)
+            merged = merged_deployment(default.deployment, changes.deployment_changes)
             auth_mode = merged.auth_mode
             primary = merged.primary_key or primary
             secondary = merged.secondary_key or secondary
             new_version = replace(new_version, deployment=merged)
-        new_version = _from_urls(_apply_source(new_version, changes), _given(changes))
+        new_version = from_urls(apply_source(new_version, changes), given_keys(changes))
         new_version = replace(
             new_version,
-            deployment=_normalized(new_version.deployment, auth_mode),
+            deployment=normalized_deployment(new_version.deployment, auth_mode),
             description=new_version.deployment.description,
         )
         versions = tuple(
             new_version
             if v.name == default.name
-            else replace(v, deployment=_normalized(v.deployment, auth_mode))
+            else replace(v, deployment=normalized_deployment(v.deployment, auth_mode))
             for v in record.versions
         )
         updated = replace(
@@ -762,11 +691,11 @@ class ServiceManager:
                 f"service {name!r} has {len(record.versions)} versions, the most allowed:"
                 " delete one first"
             )
-        _check_auth(record, request.auth)
+        check_auth(record, request.auth)
         traffic = request.traffic_percentile
         if traffic is None:
             traffic = request.deployment.traffic_percentile or 0.0
-        version = _version_record(
+        version = version_record(
             version_name,
             request.deployment,
             request.source,
@@ -775,9 +704,9 @@ class ServiceManager:
             is_default=request.is_default,
             is_control=request.is_control,
         )
-        version = _from_urls(version)
+        version = from_urls(version)
         if request.is_control:
-            _check_no_other_control(record.versions, version_name)
+            check_no_other_control(record.versions, version_name)
         others = record.versions
         if request.is_default:
             others = tuple(replace(v, is_default=False) for v in others)
@@ -798,9 +727,9 @@ class ServiceManager:
             raise UnknownService(f"service {name!r} has no version {version_name!r}")
         new = current
         if changes.traffic_percentile is not None:
-            new = replace(new, traffic_percentile=_percentile(changes.traffic_percentile))
+            new = replace(new, traffic_percentile=valid_percentile(changes.traffic_percentile))
         if changes.is_control is True:
-            _check_no_other_control(record.versions, version_name)
+            check_no_other_control(record.versions, version_name)
         if changes.is_control is not None:
             new = replace(new, is_control=changes.is_control)
         if changes.is_default is False and current.is_default:
@@ -811,17 +740,17 @@ class ServiceManager:
         if changes.is_default:
             new = replace(new, is_default=True)
         if changes.deployment_changes is not None:
-            merged = _merge(current.deployment, changes.deployment_changes)
-            _check_auth(
+            merged = merged_deployment(current.deployment, changes.deployment_changes)
+            check_auth(
                 record,
                 AuthRequest(merged.auth_mode, merged.primary_key, merged.secondary_key),
             )
             new = replace(
                 new,
-                deployment=_normalized(merged, record.auth_mode),
+                deployment=normalized_deployment(merged, record.auth_mode),
                 description=merged.description,
             )
-        new = _from_urls(_apply_source(new, changes), _given(changes))
+        new = from_urls(apply_source(new, changes), given_keys(changes))
         versions = tuple(
             new
             if v.name == version_name
@@ -881,7 +810,7 @@ class ServiceManager:
         """Store `updated`, publish it, and start an operation if the replicas of the
         `created` version, or of the `changed` one (as it was before), must change.
         Returns the view and whether an operation started."""
-        _check_versions(updated.versions)
+        check_versions(updated.versions)
         live.record = await self._write(self._store.update_service, updated)
         self._publish(live)
         plan: tuple[VersionRecord, Rollout] | None = None
@@ -890,7 +819,7 @@ class ServiceManager:
         elif changed is not None:
             new = live.record.version(changed.name)
             assert new is not None
-            how = _rollout(changed, new)
+            how = rollout_for(changed, new)
             if how != "none":
                 plan = (new, how)
         if plan is not None:
@@ -915,7 +844,7 @@ class ServiceManager:
         """New scaling settings for the running replicas, without restarting them; False
         if the version needs a full deploy (e.g. it is not running)."""
         key = DeploymentKey(live.record.name, version.name)
-        scaling, _ = _scaling(version.deployment)
+        scaling, _ = scaling_for(version.deployment)
         try:
             if isinstance(scaling, Autoscale):
                 if not self._loop.controls(key):
@@ -937,8 +866,8 @@ class ServiceManager:
         service = live.record.name
         key = DeploymentKey(service, version.name)
         try:
-            template = _template(service, version)
-            scaling, warm = _scaling(version.deployment)
+            template = template_for(service, version)
+            scaling, warm = scaling_for(version.deployment)
             await self._loop.deploy(key, template, scaling, warm=warm, initial=restore_count)
         except asyncio.CancelledError:
             raise
@@ -1037,9 +966,9 @@ class ServiceManager:
         error: str | None = None,
     ) -> None:
         states = [state for _, state, _ in settled]
-        operation.outcome = "Failed" if error else _worst(states)
+        operation.outcome = "Failed" if error else worst(states)
         failures = [
-            f"version {v}: {self._version_error(live, v, state, status)}"
+            f"version {v}: {version_error(live.errors.get(v), state, status)}"
             for v, state, status in settled
             if state == "Failed"
         ]
@@ -1073,10 +1002,10 @@ class ServiceManager:
             routing = next((c for c in candidates if c in names and c in live.serving), configured)
         live.routing_default = routing
         specs = [
-            _version_spec(v, v.traffic_percentile if v.name in live.serving else 0.0)
+            version_spec(v, v.traffic_percentile if v.name in live.serving else 0.0)
             for v in record.versions
         ]
-        specs += [_version_spec(v, 0.0) for v in live.retiring.values()]
+        specs += [version_spec(v, 0.0) for v in live.retiring.values()]
         if routing != configured:
             # The routing default takes the configured default's share too.
             specs = [
@@ -1197,369 +1126,16 @@ class ServiceManager:
             return "Transitioning", status
         if version in live.errors or status is None:
             return "Failed", None
-        return _STATES[status.state], status
-
-    def _version_error(
-        self, live: _Live, version: str, state: ServiceState, status: DeploymentStatus | None
-    ) -> str | None:
-        if version in live.errors:
-            return live.errors[version]
-        if state in ("Healthy", "Transitioning"):
-            return None
-        if status is None:
-            return "no replicas are deployed: update the version to deploy it again"
-        return status.message or None
+        return state_of(status), status
 
     def _view(self, live: _Live) -> dict[str, Any]:
         busy = self._busy(live)  # first: a settling operation may change the routes
         record = live.record
         route = self._registry.routes.get(record.name)
         effective = dict(route.traffic.weights) if route is not None else {}
-        versions = []
-        states: list[ServiceState] = []
-        first_error: dict[ServiceState, str] = {}
+        health = {}
         for version in record.versions:
             state, status = self._version_status(live, version.name)
-            error = self._version_error(live, version.name, state, status)
-            states.append(state)
-            if error and state not in first_error:
-                first_error[state] = f"version {version.name}: {error}"
-            replicas = {
-                "desired": status.desired if status else 0,
-                "ready": status.ready if status else 0,
-                "starting": status.starting if status else 0,
-                "warm": status.warm if status else 0,
-            }
-            versions.append(
-                {
-                    "name": version.name,
-                    "isDefault": version.is_default,
-                    "isControl": version.is_control,
-                    "trafficPercentile": _number(version.traffic_percentile),
-                    "effectiveTrafficPercentile": _number(effective.get(version.name, 0.0)),
-                    "state": state,
-                    "error": error,
-                    "replicas": replicas,
-                    "deploymentConfig": deployment_config_to_json(
-                        version.deployment, include_keys=False
-                    ),
-                    "inferenceConfig": inference_config_to_json(version.inference),
-                    "models": [str(model) for model in version.models],
-                    "modelDir": version.model_dir,
-                }
-            )
-        state = _service_state(states, busy)
-        error = None
-        if state != "Healthy":
-            error = next((first_error[s] for s in _ERROR_ORDER if s in first_error), None)
-        return {
-            "name": record.name,
-            "state": state,
-            "error": error,
-            "authMode": record.auth_mode,
-            "scoringUri": f"{self.public_url}/api/v1/service/{record.name}/score",
-            "swaggerUri": f"{self.public_url}/api/v1/service/{record.name}/swagger.json",
-            "createdTime": _iso(record.created_at),
-            "updatedTime": _iso(record.updated_at),
-            "versions": versions,
-        }
-
-
-class _StateCollector(Collector):
-    """`mlfe_service_state{service, state}`: 1 for the state a service is in, 0 for the
-    others (the enum pattern of kube-state-metrics), read at scrape time."""
-
-    def __init__(self, manager: ServiceManager) -> None:
-        self._manager = manager
-
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(
-            "mlfe_service_state",
-            "The state of each service (1 for its current state).",
-            labels=["service", "state"],
-        )
-        for name, current in self._manager.states().items():
-            for state in _ALL_STATES:
-                family.add_metric([name, state], 1.0 if state == current else 0.0)
-        yield family
-
-
-# -- pure helpers -------------------------------------------------------------------------
-
-_STATES: dict[DeploymentState, ServiceState] = {
-    DeploymentState.TRANSITIONING: "Transitioning",
-    DeploymentState.HEALTHY: "Healthy",
-    DeploymentState.UNHEALTHY: "Unhealthy",
-    DeploymentState.UNSCHEDULABLE: "Unschedulable",
-    DeploymentState.FAILED: "Failed",
-}
-_ERROR_ORDER: tuple[ServiceState, ...] = ("Failed", "Unschedulable", "Unhealthy")
-_ALL_STATES: tuple[ServiceState, ...] = tuple(_STATES.values())
-
-
-def _service_state(states: list[ServiceState], busy: bool) -> ServiceState:
-    """Failed if any version failed; else Unschedulable if any; else Transitioning while an
-    operation runs or a version comes up; else Unhealthy if any; else Healthy."""
-    if "Failed" in states:
-        return "Failed"
-    if "Unschedulable" in states:
-        return "Unschedulable"
-    if busy or "Transitioning" in states:
-        return "Transitioning"
-    if "Unhealthy" in states:
-        return "Unhealthy"
-    return "Healthy"
-
-
-def _worst(states: list[ServiceState]) -> ServiceState:
-    return _service_state(states, busy=False)
-
-
-def _check_versions(versions: tuple[VersionRecord, ...]) -> None:
-    """The version rules: 1-6 versions, exactly one default, at most one control,
-    trafficPercentiles adding up to at most 100."""
-    if not 1 <= len(versions) <= MAX_VERSIONS:
-        raise InvalidRequest(
-            f"a service has 1 to {MAX_VERSIONS} versions, this change leaves {len(versions)}"
-        )
-    defaults = [v.name for v in versions if v.is_default]
-    if len(defaults) != 1:
-        raise InvalidRequest(f"exactly one version must be the default, not {defaults or 'none'}")
-    controls = [v.name for v in versions if v.is_control]
-    if len(controls) > 1:
-        raise InvalidRequest(f"at most one version may be the control, not {controls}")
-    total = math.fsum(v.traffic_percentile for v in versions)
-    if total > 100 + _TRAFFIC_TOLERANCE:
-        shares = ", ".join(f"{v.name} {v.traffic_percentile:g}" for v in versions)
-        raise InvalidRequest(
-            f"trafficPercentile values add up to {total:g}, more than 100 ({shares}):"
-            " lower another version's share first"
-        )
-
-
-def _check_no_other_control(versions: Iterable[VersionRecord], name: str) -> None:
-    for version in versions:
-        if version.is_control and version.name != name:
-            raise InvalidRequest(
-                f"version {version.name!r} is the control already: set isControl false on it first"
-            )
-
-
-def _check_auth(record: ServiceRecord, auth: AuthRequest) -> None:
-    """Auth is the service's: a version may restate it, never change it."""
-    if auth.mode is not None and auth.mode != record.auth_mode:
-        raise InvalidRequest(
-            f"deploymentConfig.authEnabled / tokenAuthEnabled ask for {auth.mode} auth, but"
-            f" service {record.name!r} uses {record.auth_mode} auth: auth belongs to the"
-            " service, change it with a service update"
-        )
-    for label, given, current in (
-        ("primaryKey", auth.primary_key, record.primary_key),
-        ("secondaryKey", auth.secondary_key, record.secondary_key),
-    ):
-        if given is not None and given != current:
-            raise InvalidRequest(
-                f"deploymentConfig.keys.{label} differs from the service's key: keys belong"
-                " to the service, change them with regenerate-key"
-            )
-
-
-def _percentile(value: float) -> float:
-    if not 0 <= value <= 100:
-        raise InvalidRequest(f"trafficPercentile must be between 0 and 100, got {value:g}")
-    return float(value)
-
-
-def _merge(current: DeploymentConfig, changes: Mapping[str, Any]) -> DeploymentConfig:
-    try:
-        return merge_deployment_config(current, dict(changes))
-    except ConfigError as error:
-        raise prefixed(error, "deploymentConfig") from None
-
-
-def prefixed(error: ConfigError, prefix: str) -> ConfigError:
-    """`error` with its key under `prefix`, and a message that starts with the full key:
-    "autoScaler.maxReplicas (2) is ..." becomes "deploymentConfig.autoScaler.maxReplicas
-    (2) is ...", other messages are led by "deploymentConfig.KEY: "."""
-    key = f"{prefix}.{error.key}" if error.key else prefix
-    message = error.message
-    if error.key and message.startswith(error.key):
-        return ConfigError(key, f"{prefix}.{message}")
-    return ConfigError(key, f"{key}: {message}")
-
-
-def _normalized(deployment: DeploymentConfig, auth_mode: AuthMode) -> DeploymentConfig:
-    """A version's configuration as stored: the service's auth, no keys (they live on the
-    service), and no AKS-endpoint version name or traffic (they live on the version)."""
-    return replace(
-        deployment,
-        auth_enabled=auth_mode == "key",
-        token_auth_enabled=auth_mode == "token",
-        primary_key=None,
-        secondary_key=None,
-        version_name=None,
-        traffic_percentile=None,
-    )
-
-
-def _version_record(
-    name: str,
-    deployment: DeploymentConfig,
-    source: VersionSource,
-    auth_mode: AuthMode,
-    *,
-    traffic: float,
-    is_default: bool = False,
-    is_control: bool = False,
-) -> VersionRecord:
-    return VersionRecord(
-        name=name,
-        deployment=_normalized(deployment, auth_mode),
-        inference=source.inference,
-        models=source.models,
-        model_dir=source.model_dir,
-        traffic_percentile=_percentile(traffic),
-        is_default=is_default,
-        is_control=is_control,
-        description=deployment.description,
-    )
-
-
-def _apply_source(version: VersionRecord, changes: VersionChanges) -> VersionRecord:
-    if changes.inference is not None:
-        version = replace(version, inference=changes.inference)
-    if changes.models is not None and changes.model_dir is not None:
-        raise InvalidRequest("give either models or modelDir, not both")
-    if changes.models is not None:
-        version = replace(version, models=changes.models, model_dir=None)
-    if changes.model_dir is not None:
-        version = replace(version, models=(), model_dir=changes.model_dir)
-    return version
-
-
-def _from_urls(version: VersionRecord, given: Collection[str] | None = None) -> VersionRecord:
-    """A version whose inferenceConfig lists replicaUrls as it is stored: no models, and
-    exactly those replicas (numReplicas = how many, no autoscaling), since mlfe neither
-    starts nor scales them. What the request gave (`given`: the deploymentConfig keys,
-    and "models"; None: everything) that says otherwise is refused; what the version
-    kept from before it listed urls is replaced."""
-    urls = version.inference.replica_urls
-    if not urls:
-        return version
-    if (given is None or "models" in given) and (version.models or version.model_dir):
-        raise InvalidRequest(
-            "models and modelDir do not apply to a version with inferenceConfig.replicaUrls:"
-            " its replicas load their own models"
-        )
-    try:
-        deployment = static_deployment_config(version.deployment, len(urls), given=given)
-    except ConfigError as error:
-        raise prefixed(error, "deploymentConfig") from None
-    return replace(version, deployment=deployment, models=(), model_dir=None)
-
-
-def _given(changes: VersionChanges) -> set[str]:
-    given = set(changes.deployment_changes or ())
-    if changes.models is not None or changes.model_dir is not None:
-        given.add("models")
-    return given
-
-
-def _template(service: str, version: VersionRecord) -> ReplicaTemplate:
-    deployment, inference = version.deployment, version.inference
-    if inference.replica_urls:
-        return ReplicaTemplate(
-            urls=inference.replica_urls,
-            slots=deployment.max_concurrent_requests_per_container,
-            scoring_timeout_ms=deployment.scoring_timeout_ms,
-        )
-    # The runtime names its swagger document after these, as Azure's server does.
-    environment = {"SERVICE_NAME": service, "SERVICE_VERSION": version.name}
-    environment.update(inference.environment_variables)
-    # The deployment's variables are set on the container, over the environment's.
-    environment.update(deployment.environment_variables)
-    return ReplicaTemplate(
-        entry_script=str(inference.entry_script),
-        source_dir=str(inference.source_directory),
-        model_dir=version.model_dir,
-        models=tuple(ModelFile(m.name, m.version, m.path) for m in version.models),
-        environment=environment,
-        slots=deployment.max_concurrent_requests_per_container,
-        scoring_timeout_ms=deployment.scoring_timeout_ms,
-    )
-
-
-def pod_options_for(deployment: DeploymentConfig) -> PodOptions:
-    """`containerResourceRequirements` and `livenessProbeRequirements` as pod settings
-    (Kubernetes accepts only 1 for a liveness probe's successThreshold)."""
-    resources, probe = deployment.resources, deployment.liveness_probe
-    return PodOptions(
-        cpu=resources.cpu,
-        memory_gb=resources.memory_gb,
-        cpu_limit=resources.cpu_limit,
-        memory_gb_limit=resources.memory_gb_limit,
-        gpu=resources.gpu,
-        liveness_period_seconds=probe.period_seconds,
-        liveness_initial_delay_seconds=probe.initial_delay_seconds,
-        liveness_timeout_seconds=probe.timeout_seconds,
-        liveness_failure_threshold=probe.failure_threshold,
-    )
-
-
-def _scaling(deployment: DeploymentConfig) -> tuple[Scaling, int]:
-    """The control loop's scaling and the warm standby count for a deployment."""
-    autoscale = deployment.autoscale
-    if not autoscale.enabled:
-        return FixedReplicas(deployment.num_replicas or autoscale.min_replicas), 0
-    config = ScalingConfig(
-        min_replicas=autoscale.min_replicas,
-        max_replicas=autoscale.max_replicas,
-        target_utilization=autoscale.target_utilization / 100,
-        slots_per_replica=deployment.max_concurrent_requests_per_container,
-        scale_down_window=autoscale.scale_down_delay_seconds,
-    )
-    return Autoscale(config, autoscale.refresh_period_seconds), autoscale.warm_replicas
-
-
-def _rollout(old: VersionRecord, new: VersionRecord) -> Rollout:
-    """What a change of a version needs: nothing (routes only), new scaling settings for
-    the running replicas, or new replicas."""
-    if _template("-", old) != _template("-", new):
-        return "roll"
-    if pod_options_for(old.deployment) != pod_options_for(new.deployment):
-        return "roll"  # new pods on Kubernetes (the local backend restarts its replicas)
-    old_scaling, old_warm = _scaling(old.deployment)
-    new_scaling, new_warm = _scaling(new.deployment)
-    if old_scaling == new_scaling and old_warm == new_warm:
-        return "none"
-    if old_warm != new_warm:
-        return "roll"
-    if isinstance(old_scaling, FixedReplicas) and isinstance(new_scaling, FixedReplicas):
-        return "scale"
-    if (
-        isinstance(old_scaling, Autoscale)
-        and isinstance(new_scaling, Autoscale)
-        and old_scaling.refresh_period == new_scaling.refresh_period
-    ):
-        return "scale"
-    return "roll"
-
-
-def _version_spec(version: VersionRecord, traffic: float) -> VersionSpec:
-    deployment = version.deployment
-    return VersionSpec(
-        name=version.name,
-        traffic_percentile=traffic,
-        scoring_timeout=deployment.scoring_timeout_ms / 1000,
-        slots_per_replica=deployment.max_concurrent_requests_per_container,
-        max_queue_wait=deployment.max_queue_wait_ms / 1000,
-    )
-
-
-def _number(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else value
-
-
-def _iso(timestamp: float) -> str:
-    """A Unix time as ISO 8601 in UTC (`2024-05-01T12:00:00+00:00`)."""
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+            error = version_error(live.errors.get(version.name), state, status)
+            health[version.name] = VersionHealth(state, status, error)
+        return service_view(record, health, effective, busy=busy, public_url=self.public_url)

@@ -5,10 +5,8 @@ every scoring request goes through."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,18 +27,18 @@ from router.metrics import RouterMetrics
 from router.registry import Registry
 from router.replicas import RegistryReplicaSink
 from router.server import bind_tcp, uvicorn_server
-from router.services import (
+from router.service_requests import (
     Busy,
     InvalidRequest,
     NewService,
     NewVersion,
-    ServiceManager,
     UnknownService,
     VersionChanges,
     VersionSource,
-    pod_options_for,
 )
+from router.services import ServiceManager
 from router.store import SqliteStore
+from router.versions import pod_options_for
 
 SCRIPTS = Path(__file__).parent / "scripts"
 ONE = {"numReplicas": 1}
@@ -155,14 +153,6 @@ async def running(
         await loop.close()
         await backend.close()
         store.close()
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    # Short: replica socket paths must stay below the Unix limit.
-    path = Path(tempfile.mkdtemp(prefix="mlfe"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

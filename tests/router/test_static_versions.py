@@ -9,10 +9,8 @@ short probe interval so "taken out of rotation" takes a fraction of a second.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,13 +185,6 @@ async def running(state_dir: Path) -> AsyncIterator[Plane]:
         await loop.close()
         await backend.close()
         store.close()
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="mlfe"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

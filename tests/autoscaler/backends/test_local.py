@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,14 +59,6 @@ class Setup:
 
 def template(script: Path = SLEEPY, **settings: object) -> ReplicaTemplate:
     return ReplicaTemplate(entry_script=str(script), **settings)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    # Short, so replica socket paths stay far below the 107-byte limit.
-    path = Path(tempfile.mkdtemp(prefix="mlfe"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
