@@ -447,16 +447,19 @@ class PodWorker:
         variables = {k: rewrite_path(v, mounts) for k, v in variables.items()}
         command = list(spec.get("command") or [])
         args = list(spec.get("args") or [])
+        # An image's entrypoint is given by the test as host paths (the venv's python):
+        # only what the container spec says names paths inside the container.
+        entrypoint: list[str] = []
         if not command:
-            entrypoint = self.kubelet.image_entrypoint(str(spec.get("image", "")))
-            if entrypoint is None:
-                if not args:
-                    raise _ImageNotFound(
-                        f"image {spec.get('image')!r} is not known to the mlfe test cluster and the container has no command"
-                    )
-                entrypoint = ()
-            command = list(entrypoint)
-        argv = [rewrite_path(expand(part, variables), mounts) for part in command + args]
+            image_entrypoint = self.kubelet.image_entrypoint(str(spec.get("image", "")))
+            if image_entrypoint is None and not args:
+                raise _ImageNotFound(
+                    f"image {spec.get('image')!r} is not known to the mlfe test cluster and the container has no command"
+                )
+            entrypoint = list(image_entrypoint or ())
+        argv = entrypoint + [
+            rewrite_path(expand(part, variables), mounts) for part in command + args
+        ]
         if argv and argv[0] in _PYTHON_NAMES:
             argv[0] = sys.executable
         host = _host_flag(argv)
