@@ -66,7 +66,7 @@ class Informer:
         self.objects: dict[str, Json] = {}
         self.lists = 0  # full lists applied: 1 + re-lists after 410 Gone
         self.watches = 0  # watch requests made
-        self._handlers: list[Change] = [on_change] if on_change is not None else []
+        self._on_change = on_change
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -74,9 +74,6 @@ class Informer:
         self._response_lock = threading.Lock()
         self._synced: asyncio.Future[None] | None = None
         self._resource_version: str | None = None
-
-    def add_handler(self, on_change: Change) -> None:
-        self._handlers.append(on_change)
 
     @property
     def started(self) -> bool:
@@ -218,11 +215,12 @@ class Informer:
             self.objects[name] = new
         elif old is None:
             return
-        for handler in self._handlers:
-            try:
-                handler(name, old, new)
-            except Exception:
-                logger.exception("event=watch-handler-error kind=%s name=%s", self.name, name)
+        if self._on_change is None:
+            return
+        try:
+            self._on_change(name, old, new)
+        except Exception:
+            logger.exception("event=watch-handler-error kind=%s name=%s", self.name, name)
 
 
 def _version(obj: Json) -> str | None:
