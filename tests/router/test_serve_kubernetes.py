@@ -277,7 +277,8 @@ async def test_routers_share_services_scale_on_their_summed_demand_and_hand_over
         before = routers.deployment("mlfe-echo-echo")["metadata"]
         killed_pid = routers.pid(leader)
         crash = routers.crash(leader)
-        assert not pid_alive(killed_pid)
+        # SIGKILL is delivered when the kernel next schedules the process, not on kill().
+        await eventually(lambda: not pid_alive(killed_pid), 10, "the leader killed")
         # The lease timing itself is tested in tests/autoscaler/test_leader.py; with two
         # router processes and a cluster on a busy machine, only a generous bound here.
         await eventually(lambda: routers.holder() == follower, 3 * LEASE_SECONDS + 10, "handover")
