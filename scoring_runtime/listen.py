@@ -20,6 +20,8 @@ from typing import Any
 
 import uvicorn
 
+from scoring_runtime.http_protocol import SingleWriteHttpProtocol
+
 # Longer than any client pool's idle timeout, so the server is never the side that
 # closes a connection a client is about to reuse.
 KEEP_ALIVE_S = 75
@@ -94,7 +96,7 @@ def serve(
     config = uvicorn.Config(
         app,
         loop=_pick("uvloop", "uvloop", "asyncio"),
-        http=_pick("httptools", "httptools", "h11"),
+        http=SingleWriteHttpProtocol,
         ws="none",
         lifespan="off",
         access_log=False,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -21,6 +20,7 @@ from scoring_runtime.loader import InputMode
 from scoring_runtime.log import log_event
 from scoring_runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from scoring_runtime.metrics import RuntimeMetrics
+from scoring_runtime.request_ids import RequestIds
 from scoring_runtime.slots import ScoringSlots, ScoringTimeout
 from scoring_runtime.swagger_documents import SwaggerDocuments
 
@@ -108,6 +108,7 @@ class ScoringApp:
         self._metrics = metrics
         self._cors = cors
         self._timeout_ms = scoring_timeout_ms
+        self._request_ids = RequestIds()
         self._timeout_body = error_json(f"Scoring timeout after {scoring_timeout_ms} ms")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -232,7 +233,7 @@ class ScoringApp:
         """
         request_id = found.get(_REQUEST_ID)
         if request_id is None:
-            request_id = str(uuid.uuid4()).encode("ascii")
+            request_id = self._request_ids.next()
         elif len(request_id) > HEADER_LIMIT:
             raise _IdTooLong(_REQUEST_ID_TOO_LONG, [])
         client_id = found.get(_CLIENT_REQUEST_ID, b"")

@@ -52,6 +52,7 @@ class ScoringSlots:
         self.size = size
         self.timeout_s = timeout_s
         self._free = size
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._jobs: queue.SimpleQueue[_Job[Any, Any] | None] = queue.SimpleQueue()
         # Daemon threads: a run() stuck forever must not keep the process alive at exit.
@@ -74,7 +75,10 @@ class ScoringSlots:
     async def call(self, function: Callable[[A], T], argument: A) -> T:
         """`function(argument)` on a worker thread; raises ScoringTimeout past the timeout."""
         await self._acquire()
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            # Once: get_running_loop() makes a getpid() syscall on every call.
+            loop = self._loop = asyncio.get_running_loop()
         waiter: asyncio.Future[T] = loop.create_future()
         self._jobs.put(_Job(function, argument, loop, waiter))
         timer = loop.call_later(self.timeout_s, _expire, waiter)

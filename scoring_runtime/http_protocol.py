@@ -1,0 +1,89 @@
+"""uvicorn's httptools protocol, sending each response in one write instead of two.
+
+An ASGI app sends a response as `http.response.start` and `http.response.body`, and
+uvicorn writes each to the socket as it comes: two syscalls, two packets, and on loopback
+two wake-ups of the client, for a response of a few hundred bytes. Measured on the
+router's scoring path, that second write was a fifth of the process's CPU. Here the
+protocol's transport holds what is written during one step of the event loop and writes
+it at once: when the response completes, or at the next turn of the loop for a response
+still streaming. The router and the scoring runtime both serve through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["SingleWriteHttpProtocol"]
+
+# Above this, buffers go out with writelines() rather than being copied into one.
+JOIN_LIMIT = 64 * 1024
+
+
+class _CoalescingTransport:
+    """A transport that defers writes to the end of the current event-loop step."""
+
+    __slots__ = ("_loop", "_pending", "_size", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] | None = None
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        pending = self._pending
+        if pending is None:
+            self._pending = [data]
+            self._size = len(data)
+            self._loop.call_soon(self.flush)
+        else:
+            pending.append(data)
+            self._size += len(data)
+
+    def flush(self) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        transport = self._transport
+        if transport.is_closing():
+            return  # the client is gone; uvicorn has seen connection_lost
+        if len(pending) == 1:
+            transport.write(pending[0])
+        elif self._size <= JOIN_LIMIT:
+            transport.write(b"".join(pending))
+        else:
+            transport.writelines(pending)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        # The rest of the transport interface (pause_reading, get_extra_info, ...).
+        return getattr(self._transport, name)
+
+
+class SingleWriteHttpProtocol(HttpToolsProtocol):
+    """Pass as `uvicorn.Config(http=...)`; everything else is uvicorn's httptools protocol."""
+
+    transport: Any
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        coalescing = _CoalescingTransport(transport, self.loop)  # type: ignore[arg-type]
+        super().connection_made(coalescing)  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        # Out now rather than at the next turn of the loop: the client is waiting.
+        self.transport.flush()
+        super().on_response_complete()

@@ -1,0 +1,175 @@
+"""The single-write protocol: one socket write per response, and streaming still streams."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvicorn
+
+from scoring_runtime.http_protocol import JOIN_LIMIT, SingleWriteHttpProtocol, _CoalescingTransport
+
+App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+class RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.writes.append(b"|".join(bytes(d) for d in list_of_data))
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return "extra" if name == "peername" else default
+
+
+async def test_writes_within_one_step_go_out_together_at_the_next_turn() -> None:
+    real = RecordingTransport()
+    transport = _CoalescingTransport(real, asyncio.get_running_loop())
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    transport.write(b"body")
+    assert real.writes == []
+    await asyncio.sleep(0)
+    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+    transport.write(b"more")
+    await asyncio.sleep(0)
+    assert real.writes[1:] == [b"more"]
+
+
+async def test_flush_close_and_abort() -> None:
+    real = RecordingTransport()
+    transport = _CoalescingTransport(real, asyncio.get_running_loop())
+    transport.write(b"a")
+    transport.flush()
+    assert real.writes == [b"a"]
+    transport.write(b"b")
+    transport.close()  # what was written still goes out before the close
+    assert real.writes == [b"a", b"b"] and real.closed
+    await asyncio.sleep(0)
+    assert real.writes == [b"a", b"b"]  # the scheduled flush finds nothing left
+
+    aborted = RecordingTransport()
+    transport = _CoalescingTransport(aborted, asyncio.get_running_loop())
+    transport.write(b"lost")
+    transport.abort()
+    await asyncio.sleep(0)
+    assert aborted.writes == [] and aborted.aborted
+    assert transport.get_extra_info("peername") == "extra"
+
+
+async def test_nothing_is_written_to_a_closing_transport() -> None:
+    real = RecordingTransport()
+    transport = _CoalescingTransport(real, asyncio.get_running_loop())
+    transport.write(b"late")
+    real.aborted = True  # the connection was lost in the meantime
+    await asyncio.sleep(0)
+    assert real.writes == []
+
+
+async def test_large_buffers_are_not_copied_into_one() -> None:
+    real = RecordingTransport()
+    transport = _CoalescingTransport(real, asyncio.get_running_loop())
+    big = b"x" * (JOIN_LIMIT + 1)
+    transport.write(b"head")
+    transport.write(big)
+    transport.flush()
+    assert real.writes == [b"head|" + big]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[App], Awaitable[int]]]:
+    servers: list[uvicorn.Server] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start(app: App) -> int:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        config = uvicorn.Config(
+            app, http=SingleWriteHttpProtocol, lifespan="off", log_level="warning"
+        )
+        server = uvicorn.Server(config)
+        servers.append(server)
+        tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        return int(sock.getsockname()[1])
+
+    yield start
+    for server in servers:
+        server.should_exit = True
+    await asyncio.gather(*tasks)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return head, await reader.readexactly(length)
+
+
+async def test_keep_alive_responses_over_a_real_socket(
+    serve: Callable[[App], Awaitable[int]],
+) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        body = scope["path"].encode()
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    port = await serve(app)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for path in ("/one", "/two", "/three"):
+        writer.write(f"GET {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+        head, body = await read_response(reader)
+        assert head.startswith(b"HTTP/1.1 200 OK") and body == path.encode()
+    writer.write(b"GET /last HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    head, body = await read_response(reader)
+    assert body == b"/last"
+    assert await reader.read() == b""  # closed, after the answer was out
+    writer.close()
+
+
+async def test_a_streamed_response_reaches_the_client_before_it_ends(
+    serve: Callable[[App], Awaitable[int]],
+) -> None:
+    client_saw_first_chunk = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        # Held back until the end of the response, this would never be set.
+        await asyncio.wait_for(client_saw_first_chunk.wait(), 5)
+        await send({"type": "http.response.body", "body": b"second"})
+
+    port = await serve(app)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head
+    assert await reader.readuntil(b"first\r\n") == b"5\r\nfirst\r\n"
+    client_saw_first_chunk.set()
+    assert await reader.readuntil(b"0\r\n\r\n") == b"6\r\nsecond\r\n0\r\n\r\n"
+    writer.close()
