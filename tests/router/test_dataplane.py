@@ -21,6 +21,7 @@ from openapi_spec_validator import validate
 
 from router.app import create_app
 from router.auth import issue_token
+from router.dataplane import ClientWatch
 from router.metrics import RouterMetrics
 from router.registry import Registry, ServiceSpec, VersionSpec
 from router.server import bind_tcp, uvicorn_server
@@ -461,3 +462,61 @@ async def test_cors_preflight_reaches_the_replica_without_credentials(
     assert preflight.headers["access-control-allow-origin"] == "https://app.example"
     put = await router.client.put("/api/v1/service/svc/score", content=b"{}")
     assert_json_error(put, 405)
+
+
+class FakeReceive:
+    """An ASGI receive() that parks until `disconnect()`, like uvicorn's after the body."""
+
+    def __init__(self, *, via_sleep: bool = False) -> None:
+        self.event = asyncio.Event()
+        self.via_sleep = via_sleep
+        self.calls = 0
+        self.finished = 0
+
+    async def __call__(self) -> dict[str, str]:
+        self.calls += 1
+        try:
+            if self.via_sleep:
+                await asyncio.sleep(0)  # parks on no future at first: no hand-stepping
+            await self.event.wait()
+            return {"type": "http.disconnect"}
+        finally:
+            self.finished += 1
+
+    def disconnect(self) -> None:
+        self.event.set()
+
+
+@pytest.mark.parametrize("via_sleep", [False, True])
+async def test_client_watch_reports_a_disconnect_and_cleans_up(via_sleep: bool) -> None:
+    receive = FakeReceive(via_sleep=via_sleep)
+    gone: list[bool] = []
+    watch = ClientWatch(receive, lambda: gone.append(True))
+    await asyncio.sleep(0.01)
+    assert not gone and not watch.client_gone
+    receive.disconnect()
+    await asyncio.sleep(0.01)
+    assert gone == [True] and watch.client_gone
+    watch.close()
+    await asyncio.sleep(0.01)
+    assert receive.finished == receive.calls
+
+
+async def test_client_watch_closed_before_any_disconnect() -> None:
+    receive = FakeReceive()
+    gone: list[bool] = []
+    watch = ClientWatch(receive, lambda: gone.append(True))
+    watch.close()
+    receive.disconnect()
+    await asyncio.sleep(0.01)
+    assert not gone and receive.finished == 1
+    assert not receive.event._waiters  # type: ignore[attr-defined]
+
+
+async def test_client_watch_of_a_client_already_gone() -> None:
+    receive = FakeReceive()
+    receive.disconnect()
+    gone: list[bool] = []
+    watch = ClientWatch(receive, lambda: gone.append(True))
+    assert gone == [True] and watch.client_gone
+    watch.close()
