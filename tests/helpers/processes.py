@@ -1,4 +1,4 @@
-"""Finding processes by command line, to prove none outlived what started them."""
+"""Looking at processes by command line or pid, to prove none outlived what started them."""
 
 from __future__ import annotations
 
@@ -19,3 +19,12 @@ def processes_mentioning(text: str) -> list[int]:
         if text in command:
             found.append(int(entry.name))
     return found
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie (exited, not yet reaped by its parent) does not."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

@@ -13,16 +13,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import httpx
+
+from tests.helpers.child_process import ChildProcess
 
 _READY = re.compile(r"event=ready\b.*")
 _PORT = re.compile(r"\bport=(\d+)")
@@ -37,7 +37,7 @@ class RuntimeExited(Exception):
         self.log = log
 
 
-class RuntimeProcess:
+class RuntimeProcess(ChildProcess):
     """A running runtime: its address, log, and a way to stop it."""
 
     def __init__(
@@ -48,7 +48,7 @@ class RuntimeProcess:
         ready_line: str,
         uds: Path | None,
     ) -> None:
-        self.process = process
+        super().__init__(process)
         self.ready_line = ready_line
         self.uds = uds
         self._log_path = log_path
@@ -56,10 +56,6 @@ class RuntimeProcess:
         self._final_log: str | None = None
         port = _PORT.search(ready_line)
         self.port = int(port.group(1)) if port and uds is None else None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
     @property
     def base_url(self) -> str:
@@ -80,30 +76,14 @@ class RuntimeProcess:
             return self._final_log
         return self._log_path.read_text(errors="replace")
 
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def stop(self, timeout: float | None = None) -> int:
+        """SIGTERM, then SIGKILL after `timeout`; keeps the log and removes the temporary
+        folder. Returns the exit code."""
+        returncode = super().stop(timeout)
         if self._final_log is None:
             self._final_log = self._log_path.read_text(errors="replace")
             shutil.rmtree(self._workdir, ignore_errors=True)
-        return self.process.returncode
-
-    def __enter__(self) -> RuntimeProcess:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return returncode
 
 
 def start_runtime(

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
+
+from tests.helpers.child_process import ChildProcess
+from tests.helpers.processes import pid_alive
 
 _SERVING = re.compile(r"event=serving url=(\S+)")
 
@@ -26,7 +27,10 @@ class ServeExited(Exception):
     pass
 
 
-class ServeProcess:
+class ServeProcess(ChildProcess):
+    # The router drains requests and stops its replicas first.
+    stop_timeout = 30.0
+
     def __init__(
         self,
         state_dir: Path,
@@ -41,7 +45,7 @@ class ServeProcess:
         environment.update(env or {})
         with open(self.log_path, "ab") as log:
             self.offset = log.tell()
-            self.process = subprocess.Popen(
+            process = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
@@ -56,6 +60,7 @@ class ServeProcess:
                 stderr=subprocess.STDOUT,
                 env=environment,
             )
+        super().__init__(process)
         self.url = self._wait_for_url(ready_timeout)
         key = environment.get("MLFE_ADMIN_KEY") or (state_dir / "admin.key").read_text().strip()
         self.admin_key = key
@@ -85,31 +90,9 @@ class ServeProcess:
         headers = {"Authorization": f"Bearer {key or self.admin_key}"}
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
-    def terminate(self, timeout: float = 30.0) -> int:
+    def terminate(self, timeout: float | None = None) -> int:
         """SIGTERM and wait; SIGKILL if it does not stop in time."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.process.returncode
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-
-    def __enter__(self) -> ServeProcess:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.terminate()
+        return self.stop(timeout)
 
 
 def wait_for_state(
@@ -125,14 +108,6 @@ def wait_for_state(
             return view
         assert time.monotonic() < deadline, f"{name} still Transitioning: {view}"
         time.sleep(0.05)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def wait_gone(pid: int, timeout: float = 10.0) -> bool:

@@ -66,6 +66,15 @@ def make_pool(
     )
 
 
+def full_pool(loop: ManualTimeLoop, *, wait: float = 1.0) -> tuple[ReplicaPool[str], Replica[str]]:
+    """A pool of one replica, r1, whose one slot is held: the next request must wait."""
+    pool = make_pool(loop, wait=wait)
+    pool.add("r1", "a")
+    busy = pool.try_acquire()
+    assert busy is not None
+    return pool, busy
+
+
 def spawn(pool: ReplicaPool[str], exclude: Collection[str] = ()) -> asyncio.Task[Replica[str]]:
     return asyncio.ensure_future(pool.acquire(exclude))
 
@@ -156,10 +165,7 @@ def test_power_of_two_choices_respects_exclude(loop: ManualTimeLoop) -> None:
 
 def test_waiters_are_served_in_fifo_order(loop: ManualTimeLoop) -> None:
     async def scenario() -> None:
-        pool = make_pool(loop, wait=60)
-        pool.add("r1", "a")
-        busy = pool.try_acquire()
-        assert busy is not None
+        pool, busy = full_pool(loop, wait=60)
         order: list[int] = []
 
         async def client(n: int) -> None:
@@ -182,10 +188,7 @@ def test_waiters_are_served_in_fifo_order(loop: ManualTimeLoop) -> None:
 
 def test_queue_timeout(loop: ManualTimeLoop) -> None:
     async def scenario() -> None:
-        pool = make_pool(loop, wait=0.5)
-        pool.add("r1", "a")
-        busy = pool.try_acquire()
-        assert busy is not None
+        pool, busy = full_pool(loop, wait=0.5)
         task = spawn(pool)
         await advance(loop, 0.49)
         assert not task.done() and pool.waiting == 1
@@ -247,10 +250,7 @@ def test_no_replicas_yet_then_added_replica_serves_the_queue(loop: ManualTimeLoo
 
 def test_cancelled_waiter_leaves_the_queue_and_gets_nothing(loop: ManualTimeLoop) -> None:
     async def scenario() -> None:
-        pool = make_pool(loop, wait=5)
-        pool.add("r1", "a")
-        busy = pool.try_acquire()
-        assert busy is not None
+        pool, busy = full_pool(loop, wait=5)
         gone = spawn(pool)
         await settle()
         gone.cancel()
@@ -265,10 +265,7 @@ def test_cancelled_waiter_leaves_the_queue_and_gets_nothing(loop: ManualTimeLoop
 
 def test_withdrawn_future_leaves_the_queue_and_gets_nothing(loop: ManualTimeLoop) -> None:
     async def scenario() -> None:
-        pool = make_pool(loop, wait=5)
-        pool.add("r1", "a")
-        busy = pool.try_acquire()
-        assert busy is not None
+        pool, busy = full_pool(loop, wait=5)
         future = pool.enqueue()
         assert pool.waiting == 1
         pool.withdraw(future)
@@ -281,10 +278,7 @@ def test_withdrawn_future_leaves_the_queue_and_gets_nothing(loop: ManualTimeLoop
 
 def test_slot_granted_before_withdraw_goes_to_the_next_waiter(loop: ManualTimeLoop) -> None:
     async def scenario() -> None:
-        pool = make_pool(loop, wait=5)
-        pool.add("r1", "a")
-        busy = pool.try_acquire()
-        assert busy is not None
+        pool, busy = full_pool(loop, wait=5)
         first = pool.enqueue()
         second = pool.enqueue()
         pool.release(busy)
@@ -300,10 +294,7 @@ def test_slot_granted_to_a_waiter_cancelled_in_the_same_instant_is_passed_on(
     loop: ManualTimeLoop,
 ) -> None:
     async def scenario() -> None:
-        pool = make_pool(loop, wait=5)
-        pool.add("r1", "a")
-        busy = pool.try_acquire()
-        assert busy is not None
+        pool, busy = full_pool(loop, wait=5)
         first, second = spawn(pool), spawn(pool)
         await settle()
         pool.release(busy)  # grants the slot to `first`...
@@ -318,10 +309,7 @@ def test_slot_granted_to_a_waiter_cancelled_in_the_same_instant_is_passed_on(
 
 def test_waiter_cancelled_just_before_a_release_gets_nothing(loop: ManualTimeLoop) -> None:
     async def scenario() -> None:
-        pool = make_pool(loop, wait=5)
-        pool.add("r1", "a")
-        busy = pool.try_acquire()
-        assert busy is not None
+        pool, busy = full_pool(loop, wait=5)
         first, second = spawn(pool), spawn(pool)
         await settle()
         first.cancel()  # the client leaves; its task has not run yet...
@@ -336,10 +324,7 @@ def test_waiter_cancelled_just_before_a_release_gets_nothing(loop: ManualTimeLoo
 
 def test_timeout_and_grant_in_the_same_instant(loop: ManualTimeLoop) -> None:
     async def scenario() -> None:
-        pool = make_pool(loop, wait=1.0)
-        pool.add("r1", "a")
-        busy = pool.try_acquire()
-        assert busy is not None
+        pool, busy = full_pool(loop, wait=1.0)
         task = spawn(pool)
         await settle()
         loop.now += 1.0  # the timer is due, but the release below runs first
@@ -353,10 +338,7 @@ def test_timeout_and_grant_in_the_same_instant(loop: ManualTimeLoop) -> None:
 
 def test_timeout_due_while_the_waiter_is_being_cancelled(loop: ManualTimeLoop) -> None:
     async def scenario() -> None:
-        pool = make_pool(loop, wait=1.0)
-        pool.add("r1", "a")
-        busy = pool.try_acquire()
-        assert busy is not None
+        pool, busy = full_pool(loop, wait=1.0)
         task = spawn(pool)
         await settle()
         loop.now += 1.0
@@ -446,10 +428,7 @@ def test_drain_of_idle_or_unknown_replica_is_already_done(loop: ManualTimeLoop) 
 
 def test_draining_replica_does_not_serve_the_queue(loop: ManualTimeLoop) -> None:
     async def scenario() -> None:
-        pool = make_pool(loop, wait=5)
-        pool.add("r1", "a")
-        busy = pool.try_acquire()
-        assert busy is not None
+        pool, busy = full_pool(loop, wait=5)
         waiter = spawn(pool)
         await settle()
         drained = pool.drain("r1")
@@ -465,10 +444,7 @@ def test_draining_replica_does_not_serve_the_queue(loop: ManualTimeLoop) -> None
 
 def test_cancelled_drain_future_does_not_break_release(loop: ManualTimeLoop) -> None:
     async def scenario() -> None:
-        pool = make_pool(loop)
-        pool.add("r1", "a")
-        busy = pool.try_acquire()
-        assert busy is not None
+        pool, busy = full_pool(loop)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(pool.drain("r1"), timeout=0)
         pool.release(busy)
@@ -504,10 +480,7 @@ def test_remove_with_requests_in_flight(loop: ManualTimeLoop) -> None:
 
 def test_replica_removed_between_grant_and_resume(loop: ManualTimeLoop) -> None:
     async def scenario() -> None:
-        pool = make_pool(loop, wait=5)
-        pool.add("r1", "a")
-        busy = pool.try_acquire()
-        assert busy is not None
+        pool, busy = full_pool(loop, wait=5)
         waiter = spawn(pool)
         await settle()
         pool.release(busy)  # granted to the waiter...

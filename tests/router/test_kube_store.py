@@ -17,10 +17,10 @@ import pytest
 from kubernetes import client
 
 from autoscaler.backends.kube_api import Json, api_call
-from router.config import ModelRef, parse_deployment_config, parse_inference_config
 from router.kube_store import RBAC_RULES, KubernetesStore, ServiceWatch, service_map_name
-from router.store import Conflict, NotFound, ServiceRecord, StoreError, VersionRecord
+from router.store import Conflict, NotFound, ServiceRecord, StoreError
 from tests.kube import Cluster, start_cluster
+from tests.router.store_records import full_service, make_project, replica_urls_version
 
 NAMESPACE = "mlfe"
 
@@ -46,43 +46,7 @@ def api(cluster: Cluster) -> Iterator[client.ApiClient]:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    (tmp_path / "score.py").write_text("def init(): pass\ndef run(data): return data\n")
-    return tmp_path
-
-
-def service(project: Path, name: str = "diabetes") -> ServiceRecord:
-    """A service with keys at both levels and every field away from its default."""
-    blue = VersionRecord(
-        name="blue",
-        deployment=parse_deployment_config(
-            {
-                "autoScaler": {"minReplicas": 2, "maxReplicas": 5, "targetUtilization": 62.5},
-                "keys": {"primaryKey": "blue-primary-key", "secondaryKey": "blue-secondary-key"},
-                "containerResourceRequirements": {"cpu": 0.25, "memoryInGBLimit": 2},
-                "environmentVariables": {"MODE": "blue"},
-            }
-        ),
-        inference=parse_inference_config({"entryScript": "score.py"}, base_dir=project),
-        models=(ModelRef("sklearn-model", "3", str(project / "model")),),
-        traffic_percentile=12.5,
-        is_default=True,
-        is_control=True,
-        description="the current model",
-    )
-    green = VersionRecord(
-        name="green",
-        deployment=parse_deployment_config({"numReplicas": 2}),
-        inference=parse_inference_config({"entryScript": "score.py"}, base_dir=project),
-        model_dir=str(project / "models"),
-        traffic_percentile=40,
-    )
-    return ServiceRecord(
-        name=name,
-        auth_mode="key",
-        primary_key="service-primary-key",
-        secondary_key="service-secondary-key",
-        versions=(blue, green),
-    )
+    return make_project(tmp_path)
 
 
 def config_map_text(api: client.ApiClient, name: str) -> str:
@@ -102,10 +66,13 @@ def test_a_service_round_trips_and_its_keys_live_only_in_a_secret(
     api: client.ApiClient, project: Path
 ) -> None:
     store = KubernetesStore(api, NAMESPACE)
-    created = store.create_service(service(project))
+    created = store.create_service(full_service(project))
     assert created.revision == 1
     assert created == replace(
-        service(project), revision=1, created_at=created.created_at, updated_at=created.updated_at
+        full_service(project),
+        revision=1,
+        created_at=created.created_at,
+        updated_at=created.updated_at,
     )
     # Another router reads exactly the same record.
     other = KubernetesStore(api, NAMESPACE)
@@ -114,22 +81,17 @@ def test_a_service_round_trips_and_its_keys_live_only_in_a_secret(
     assert other.get_service("missing") is None
 
     text = config_map_text(api, "diabetes")
-    for key in ("service-primary-key", "service-secondary-key", "blue-primary-key"):
+    for key in ("service-primary-key", "service-secondary-key", "version-primary"):
         assert key not in text, f"{key} leaked into the ConfigMap"
     [secret] = key_secrets(api, "diabetes")
     stored = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    assert set(stored.values()) >= {"service-primary-key", "blue-secondary-key"}
+    assert set(stored.values()) >= {"service-primary-key", "version-secondary"}
 
 
 def test_a_version_of_replica_urls_round_trips(api: client.ApiClient, project: Path) -> None:
-    record = service(project)
+    record = full_service(project)
     urls = ("http://10.0.0.5:5001", "http://scorer.internal:80")
-    byo = VersionRecord(
-        name="byo",
-        deployment=parse_deployment_config({"numReplicas": 2}),
-        inference=parse_inference_config({"replicaUrls": list(urls)}, base_dir=project),
-        traffic_percentile=10,
-    )
+    byo = replica_urls_version(project, urls)
     created = KubernetesStore(api, NAMESPACE).create_service(
         replace(record, versions=(*record.versions, byo))
     )
@@ -142,9 +104,9 @@ def test_a_stale_revision_conflicts_and_two_racing_writers_get_one_win(
     api: client.ApiClient, project: Path
 ) -> None:
     first, second = KubernetesStore(api, NAMESPACE), KubernetesStore(api, NAMESPACE)
-    created = first.create_service(service(project))
+    created = first.create_service(full_service(project))
     with pytest.raises(Conflict, match="already exists"):
-        second.create_service(service(project))
+        second.create_service(full_service(project))
 
     read_by_first = first.get_service("diabetes")
     read_by_second = second.get_service("diabetes")
@@ -185,7 +147,7 @@ def test_replica_counts_never_make_a_management_write_conflict(
     api: client.ApiClient, project: Path
 ) -> None:
     store = KubernetesStore(api, NAMESPACE)
-    created = store.create_service(service(project))
+    created = store.create_service(full_service(project))
     # The autoscaler writes between a management read and its write.
     store.set_desired_replicas("diabetes", "blue", 3)
     store.set_desired_replicas("diabetes", "green", 2)
@@ -205,7 +167,7 @@ def test_new_keys_replace_the_secret_and_deletion_removes_everything(
     api: client.ApiClient, project: Path
 ) -> None:
     store = KubernetesStore(api, NAMESPACE)
-    created = store.create_service(service(project))
+    created = store.create_service(full_service(project))
     [before] = key_secrets(api, "diabetes")
     rotated = store.update_service(replace(created, primary_key="a-brand-new-key"))
     [after] = key_secrets(api, "diabetes")
@@ -261,7 +223,7 @@ async def test_a_service_watch_tells_every_router_of_changes_but_not_of_replica_
     await watch.start()
     try:
         other_router = KubernetesStore(api, NAMESPACE)
-        created = await asyncio.to_thread(other_router.create_service, service(project))
+        created = await asyncio.to_thread(other_router.create_service, full_service(project))
         await eventually(lambda: changed == ["diabetes"])
         await asyncio.to_thread(other_router.set_desired_replicas, "diabetes", "blue", 3)
         rotated = replace(created, secondary_key="rotated-secondary-key")
@@ -283,7 +245,7 @@ async def test_the_store_calls_exactly_what_its_rbac_rules_grant(
     await watch.start()
     try:
         store.signing_secret()
-        created = store.create_service(service(project))
+        created = store.create_service(full_service(project))
         store.list_services()
         store.set_desired_replicas("diabetes", "blue", 2)
         store.all_desired_replicas()

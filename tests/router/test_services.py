@@ -26,7 +26,7 @@ from router.config import parse_deployment_config, parse_inference_config
 from router.metrics import RouterMetrics
 from router.registry import Registry
 from router.replicas import RegistryReplicaSink
-from router.server import bind_tcp, uvicorn_server
+from router.server import bind_tcp
 from router.service_requests import (
     Busy,
     InvalidRequest,
@@ -39,6 +39,8 @@ from router.service_requests import (
 from router.services import ServiceManager
 from router.store import SqliteStore
 from router.versions import pod_options_for
+from tests.helpers.processes import pid_alive
+from tests.router.control_plane import serving
 
 SCRIPTS = Path(__file__).parent / "scripts"
 ONE = {"numReplicas": 1}
@@ -138,21 +140,11 @@ async def running(
         settle_interval=0.02,
         persist_interval=0.05,
     )
-    server = uvicorn_server(create_app(registry))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        await manager.restore()
-        while not server.started:
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            yield Plane(state_dir, store, registry, backend, manager, client, url)
-    finally:
-        server.should_exit = True
-        await serving
-        await manager.close()
-        await loop.close()
-        await backend.close()
-        store.close()
+    async with (
+        serving(create_app(registry), sock, manager, loop, backend, store),
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        yield Plane(state_dir, store, registry, backend, manager, client, url)
 
 
 @pytest.fixture
@@ -447,18 +439,10 @@ async def test_a_deleted_service_stops_its_replicas_and_its_name_is_free_again(
     assert plane.store.get_service("svc") is None
     await eventually(lambda: "svc" not in plane.registry.routes)
     assert (await plane.score("svc")).status_code == 404
-    assert replica.pid is not None and not _alive(replica.pid)
+    assert replica.pid is not None and not pid_alive(replica.pid)
 
     await manager.create_service(new_service("svc"))
     assert await plane.settled("svc") == "Healthy"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_only_a_loop_that_acts_saves_replica_counts(state_dir: Path) -> None:

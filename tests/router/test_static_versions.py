@@ -37,10 +37,11 @@ from router.manage import PREFIX, create_manage_app
 from router.metrics import RouterMetrics
 from router.registry import Registry
 from router.replicas import RegistryReplicaSink
-from router.server import bind_tcp, uvicorn_server
+from router.server import bind_tcp
 from router.services import ServiceManager
 from router.store import SqliteStore
 from tests.helpers.runtime_proc import RuntimeProcess, start_runtime
+from tests.router.control_plane import serving
 
 SCRIPTS = Path(__file__).parent / "scripts"
 SCRIPT = SCRIPTS / "behave_score.py"
@@ -169,22 +170,13 @@ async def running(state_dir: Path) -> AsyncIterator[Plane]:
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     manager = ServiceManager(store, registry, loop, backend, public_url=url, settle_interval=0.02)
     manage = Mount(PREFIX, app=create_manage_app(manager, ADMIN_KEY))
-    server = uvicorn_server(create_app(registry, extra_routes=[manage]))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    app = create_app(registry, extra_routes=[manage])
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    try:
-        await manager.restore()
-        while not server.started:
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as client:
-            yield Plane(manager, registry, client)
-    finally:
-        server.should_exit = True
-        await serving
-        await manager.close()
-        await loop.close()
-        await backend.close()
-        store.close()
+    async with (
+        serving(app, sock, manager, loop, backend, store),
+        httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as client,
+    ):
+        yield Plane(manager, registry, client)
 
 
 @pytest.fixture

@@ -17,20 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from router.config import (
-    ModelRef,
-    parse_deployment_config,
-    parse_inference_config,
-)
-from router.store import (
-    SCHEMA_VERSION,
-    Conflict,
-    NotFound,
-    ServiceRecord,
-    SqliteStore,
-    StoreError,
-    VersionRecord,
-)
+from router.store import SCHEMA_VERSION, Conflict, NotFound, SqliteStore, StoreError
+from tests.router.store_records import full_service, make_project, replica_urls_version
 
 
 class Clock:
@@ -44,59 +32,7 @@ class Clock:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    source = tmp_path / "project"
-    source.mkdir()
-    (source / "score.py").write_text("def init(): pass\ndef run(data): return data\n")
-    (source / "alt.py").write_text("")
-    return source
-
-
-def make_service(project: Path, name: str = "diabetes") -> ServiceRecord:
-    """A service whose every field differs from its default."""
-    blue = VersionRecord(
-        name="blue",
-        deployment=parse_deployment_config(
-            {
-                "autoScaler": {"minReplicas": 2, "maxReplicas": 5, "targetUtilization": 62.5},
-                "keys": {"primaryKey": "version-primary", "secondaryKey": "version-secondary"},
-                "scoringTimeoutMs": 1234,
-                "maxConcurrentRequestsPerContainer": 3,
-                "containerResourceRequirements": {"cpu": 0.25, "memoryInGBLimit": 2},
-                "environmentVariables": {"MODE": "blue"},
-                "tags": {"team": "ml"},
-                "namespace": "ml-prod",
-            }
-        ),
-        inference=parse_inference_config(
-            {"entryScript": "score.py", "environment": {"environmentVariables": {"A": "1"}}},
-            base_dir=project,
-        ),
-        models=(
-            ModelRef("sklearn-model", "3", str(project / "model")),
-            ModelRef("other", "1", "/models/other"),
-        ),
-        model_dir=None,
-        traffic_percentile=12.5,
-        is_default=True,
-        is_control=True,
-        description="the current model",
-    )
-    green = VersionRecord(
-        name="green",
-        deployment=parse_deployment_config({"numReplicas": 2, "tokenAuthEnabled": True}),
-        inference=parse_inference_config(
-            {"entryScript": "alt.py", "sourceDirectory": "."}, base_dir=project
-        ),
-        model_dir=str(project / "models"),
-        traffic_percentile=40,
-    )
-    return ServiceRecord(
-        name=name,
-        auth_mode="token",
-        primary_key="service-primary-key",
-        secondary_key="service-secondary-key",
-        versions=(blue, green),
-    )
+    return make_project(tmp_path)
 
 
 @pytest.fixture
@@ -112,11 +48,11 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
 def test_every_field_round_trips_through_the_file(tmp_path: Path, project: Path) -> None:
     path = tmp_path / "mlfe.db"
     with SqliteStore(path, clock=Clock()) as store:
-        created = store.create_service(make_service(project))
+        created = store.create_service(full_service(project))
         assert created.revision == 1
         assert created.created_at == created.updated_at > 1_700_000_000
         assert created == replace(
-            make_service(project),
+            full_service(project),
             revision=1,
             created_at=created.created_at,
             updated_at=created.updated_at,
@@ -136,14 +72,9 @@ def test_every_field_round_trips_through_the_file(tmp_path: Path, project: Path)
 
 
 def test_a_version_of_replica_urls_round_trips(store: SqliteStore, project: Path) -> None:
-    record = make_service(project)
+    record = full_service(project)
     urls = ("http://10.0.0.5:5001", "http://[::1]:80")
-    byo = VersionRecord(
-        name="byo",
-        deployment=parse_deployment_config({"numReplicas": 2}),
-        inference=parse_inference_config({"replicaUrls": list(urls)}, base_dir=project),
-        traffic_percentile=10,
-    )
+    byo = replica_urls_version(project, urls)
     created = store.create_service(replace(record, versions=(*record.versions, byo)))
     found = store.get_service("diabetes")
     assert found is not None and found == created
@@ -151,7 +82,7 @@ def test_a_version_of_replica_urls_round_trips(store: SqliteStore, project: Path
 
 
 def test_versions_keep_their_order(store: SqliteStore, project: Path) -> None:
-    record = make_service(project)
+    record = full_service(project)
     reordered = replace(record, versions=tuple(reversed(record.versions)))
     created = store.create_service(reordered)
     stored = store.get_service(created.name)
@@ -161,13 +92,13 @@ def test_versions_keep_their_order(store: SqliteStore, project: Path) -> None:
 
 def test_services_are_listed_by_name(store: SqliteStore, project: Path) -> None:
     for name in ("zeta", "alpha", "mid-one"):
-        store.create_service(make_service(project, name))
+        store.create_service(full_service(project, name))
     assert [s.name for s in store.list_services()] == ["alpha", "mid-one", "zeta"]
     assert store.get_service("missing") is None
 
 
 def test_keys_never_appear_in_the_repr(project: Path) -> None:
-    text = repr(make_service(project))
+    text = repr(full_service(project))
     assert "service-primary-key" not in text
     assert "version-primary" not in text
 
@@ -176,13 +107,13 @@ def test_keys_never_appear_in_the_repr(project: Path) -> None:
 
 
 def test_creating_a_service_twice_conflicts(store: SqliteStore, project: Path) -> None:
-    store.create_service(make_service(project))
+    store.create_service(full_service(project))
     with pytest.raises(Conflict, match="already exists"):
-        store.create_service(make_service(project))
+        store.create_service(full_service(project))
 
 
 def test_update_bumps_the_revision_and_keeps_created_at(store: SqliteStore, project: Path) -> None:
-    created = store.create_service(make_service(project))
+    created = store.create_service(full_service(project))
     updated = store.update_service(replace(created, primary_key="rotated-primary"))
     assert updated.revision == 2
     assert updated.created_at == created.created_at
@@ -193,7 +124,7 @@ def test_update_bumps_the_revision_and_keeps_created_at(store: SqliteStore, proj
 
 
 def test_a_stale_update_conflicts_and_changes_nothing(store: SqliteStore, project: Path) -> None:
-    created = store.create_service(make_service(project))
+    created = store.create_service(full_service(project))
     winner = store.update_service(replace(created, primary_key="first-writer"))
     with pytest.raises(Conflict, match="read at revision 1, now at 2"):
         store.update_service(replace(created, primary_key="second-writer"))
@@ -203,7 +134,7 @@ def test_a_stale_update_conflicts_and_changes_nothing(store: SqliteStore, projec
 def test_a_stale_update_from_another_connection_conflicts(tmp_path: Path, project: Path) -> None:
     path = tmp_path / "mlfe.db"
     with SqliteStore(path) as first, SqliteStore(path) as second:
-        created = first.create_service(make_service(project))
+        created = first.create_service(full_service(project))
         read_by_second = second.get_service("diabetes")
         assert read_by_second == created
         first.update_service(replace(created, secondary_key="changed-by-first"))
@@ -215,11 +146,11 @@ def test_a_stale_update_from_another_connection_conflicts(tmp_path: Path, projec
 
 def test_updating_a_missing_service_is_not_found(store: SqliteStore, project: Path) -> None:
     with pytest.raises(NotFound):
-        store.update_service(replace(make_service(project), revision=1))
+        store.update_service(replace(full_service(project), revision=1))
 
 
 def test_update_replaces_the_versions(store: SqliteStore, project: Path) -> None:
-    created = store.create_service(make_service(project))
+    created = store.create_service(full_service(project))
     blue = created.version("blue")
     assert blue is not None
     red = replace(blue, name="red", is_default=False, is_control=False, traffic_percentile=5)
@@ -235,7 +166,7 @@ def test_update_replaces_the_versions(store: SqliteStore, project: Path) -> None
 
 
 def test_concurrent_updates_from_threads_never_lose_one(store: SqliteStore, project: Path) -> None:
-    store.create_service(make_service(project))
+    store.create_service(full_service(project))
     successes: list[int] = []
 
     def writer(tag: int) -> None:
@@ -264,7 +195,7 @@ def test_concurrent_updates_from_threads_never_lose_one(store: SqliteStore, proj
 
 
 def test_delete_removes_the_service_and_its_versions(store: SqliteStore, project: Path) -> None:
-    store.create_service(make_service(project))
+    store.create_service(full_service(project))
     store.set_desired_replicas("diabetes", "blue", 3)
     store.delete_service("diabetes")
     assert store.get_service("diabetes") is None
@@ -272,12 +203,12 @@ def test_delete_removes_the_service_and_its_versions(store: SqliteStore, project
     with pytest.raises(NotFound):
         store.delete_service("diabetes")
     # The name is free again.
-    assert store.create_service(make_service(project)).revision == 1
+    assert store.create_service(full_service(project)).revision == 1
     assert store.desired_replicas("diabetes", "blue") is None
 
 
 def test_delete_at_a_stale_revision_conflicts(store: SqliteStore, project: Path) -> None:
-    created = store.create_service(make_service(project))
+    created = store.create_service(full_service(project))
     store.update_service(replace(created, primary_key="rotated"))
     with pytest.raises(Conflict):
         store.delete_service("diabetes", revision=1)
@@ -292,7 +223,7 @@ def test_delete_at_a_stale_revision_conflicts(store: SqliteStore, project: Path)
 def test_desired_replicas_are_kept_per_version(tmp_path: Path, project: Path) -> None:
     path = tmp_path / "mlfe.db"
     with SqliteStore(path) as store:
-        created = store.create_service(make_service(project))
+        created = store.create_service(full_service(project))
         assert store.desired_replicas("diabetes", "blue") is None
         store.set_desired_replicas("diabetes", "blue", 4)
         store.set_desired_replicas("diabetes", "green", 0)
@@ -316,7 +247,7 @@ def test_desired_replicas_are_kept_per_version(tmp_path: Path, project: Path) ->
 
 
 def test_records_no_router_could_load_are_refused(store: SqliteStore, project: Path) -> None:
-    record = make_service(project)
+    record = full_service(project)
     with pytest.raises(ValueError):
         store.create_service(replace(record, name="Not_Valid"))
     with pytest.raises(ValueError, match="twice"):
@@ -332,7 +263,7 @@ def test_records_no_router_could_load_are_refused(store: SqliteStore, project: P
 def test_an_unreadable_row_is_reported_not_guessed(tmp_path: Path, project: Path) -> None:
     path = tmp_path / "mlfe.db"
     with SqliteStore(path) as store:
-        store.create_service(make_service(project))
+        store.create_service(full_service(project))
     raw = sqlite3.connect(path)
     raw.execute("UPDATE versions SET deployment = '{\"autoScaler\": 5}' WHERE name = 'green'")
     raw.commit()
@@ -398,7 +329,7 @@ def test_the_files_are_private_whatever_the_umask(tmp_path: Path, project: Path)
     old_umask = os.umask(0)
     try:
         store = SqliteStore(path)
-        store.create_service(make_service(project))  # the -wal and -shm files now exist
+        store.create_service(full_service(project))  # the -wal and -shm files now exist
         for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
             assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
