@@ -79,8 +79,10 @@ http {{
 """
 
 
-async def serve_router(port: int, replica: str) -> None:
-    """The router process: mlfe's app with one service of two versions on `replica`."""
+async def serve_router(port: int, replica: str, http: str = "single-write") -> None:
+    """The router process: mlfe's app with one service of two versions on `replica`.
+
+    `http="httptools"` swaps in uvicorn's own protocol (benchmarks/single_write.py)."""
     from router.app import create_app
     from router.metrics import RouterMetrics
     from router.registry import Registry, ServiceSpec, VersionSpec
@@ -97,6 +99,8 @@ async def serve_router(port: int, replica: str) -> None:
     for version in ("blue", "green"):
         registry.add_replica("bench", version, "r1", replica)
     server = uvicorn_server(create_app(registry))
+    if http == "httptools":
+        server.config.http = http  # read when the server starts
     await server.serve(sockets=[bind_tcp("127.0.0.1", port)])
 
 
@@ -127,14 +131,22 @@ class ReplicaAddress:
 
 
 def replica_spec(replica: ReplicaAddress) -> ServerSpec:
-    argv = (sys.executable, "-m", "scoring_runtime", "--entry-script", str(ENTRY_SCRIPT))
+    argv: tuple[str, ...] = (
+        sys.executable,
+        "-m",
+        "scoring_runtime",
+        "--entry-script",
+        str(ENTRY_SCRIPT),
+    )
     argv += (*replica.runtime_args, "--max-concurrent", str(SLOTS))
     return ServerSpec("replica", argv, replica.ready_url)
 
 
-def router_spec(port: int, replica: ReplicaAddress) -> ServerSpec:
-    argv = (sys.executable, __file__, "--serve-router", str(port), replica.upstream)
-    return ServerSpec("mlfe", argv, f"http://127.0.0.1:{port}/healthz")
+def router_spec(
+    port: int, replica: ReplicaAddress, http: str = "single-write", name: str = "mlfe"
+) -> ServerSpec:
+    argv = (sys.executable, __file__, "--serve-router", str(port), replica.upstream, http)
+    return ServerSpec(name, argv, f"http://127.0.0.1:{port}/healthz")
 
 
 def nginx_spec(port: int, replica: ReplicaAddress, workdir: Path) -> ServerSpec | None:
@@ -387,7 +399,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--serve-router"]:
-        uvloop.run(serve_router(int(argv[1]), argv[2]))
+        uvloop.run(serve_router(int(argv[1]), argv[2], *argv[3:4]))
         return 0
     args = parse_args(argv)
     report = uvloop.run(benchmark(args))

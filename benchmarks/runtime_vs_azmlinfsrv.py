@@ -96,13 +96,25 @@ def package_version(python: Path | str, package: str) -> str:
 
 
 def mlfe_spec(port: int, model_dir: Path) -> ServerSpec:
-    argv = (sys.executable, "-m", "scoring_runtime", "--entry-script", str(ENTRY_SCRIPT))
+    argv: tuple[str, ...] = (
+        sys.executable,
+        "-m",
+        "scoring_runtime",
+        "--entry-script",
+        str(ENTRY_SCRIPT),
+    )
     argv += ("--model-dir", str(model_dir), "--port", str(port))
     return ServerSpec("mlfe", argv, f"http://127.0.0.1:{port}/")
 
 
 def azure_spec(executable: Path, port: int, model_dir: Path) -> ServerSpec:
-    argv = (str(executable), "--entry_script", str(ENTRY_SCRIPT), "--model_dir", str(model_dir))
+    argv: tuple[str, ...] = (
+        str(executable),
+        "--entry_script",
+        str(ENTRY_SCRIPT),
+        "--model_dir",
+        str(model_dir),
+    )
     argv += ("--port", str(port), "--worker_count", "1")
     return ServerSpec("azmlinfsrv", argv, f"http://127.0.0.1:{port}/")
 
