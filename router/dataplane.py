@@ -75,19 +75,18 @@ class ClientWatch:
 
     def __init__(self, receive: Receive, on_gone: Callable[[], object]) -> None:
         self.client_gone = False
+        self._coroutine: Any = None
         self._fallback: asyncio.Future[Any] | None = None
         coroutine: Any = receive()
         try:
             parked = coroutine.send(None)
         except StopIteration:
-            self._coroutine: Any = None
             self.client_gone = True
             on_gone()
             return
         if not asyncio.isfuture(parked):
             # Not parked on a future (a server with a different receive()): use a task.
             coroutine.close()
-            self._coroutine = None
             self._fallback = asyncio.ensure_future(receive())
             self._fallback.add_done_callback(self._gone_with(on_gone))
             return
