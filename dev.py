@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -40,7 +41,19 @@ def ensure_environment() -> None:
 
 def run(*argv: str) -> int:
     print("+", " ".join(argv), flush=True)
-    return subprocess.call(argv, cwd=ROOT)
+    child = subprocess.Popen(argv, cwd=ROOT)
+    # A Ctrl-C in the terminal reaches the child as well (one process group), and the
+    # child decides how to stop (mlfe drains its replicas first): wait for it rather than
+    # kill it and die with a traceback. A SIGTERM sent to this script alone is passed on.
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, _: child.send_signal(signum)),
+    }
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def cmd_test(extra: list[str]) -> int:
