@@ -4,11 +4,13 @@ from /proc, free ports and a description of the machine the figures came from.""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from typing import Any
 import httpx
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+NOOP_SCRIPT = Path(__file__).resolve().parent / "scripts" / "noop_score.py"
 READY_TIMEOUT_S = 120.0
 
 
@@ -173,3 +176,14 @@ def machine_info() -> dict[str, Any]:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def runtime_argv(*args: str, entry_script: Path = NOOP_SCRIPT) -> tuple[str, ...]:
+    """The command line of one `python -m scoring_runtime` replica serving `entry_script`."""
+    return (sys.executable, "-m", "scoring_runtime", "--entry-script", str(entry_script), *args)
+
+
+def save_report(path: Path, report: dict[str, Any]) -> None:
+    """Write a benchmark's results as indented JSON, creating the folder if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")

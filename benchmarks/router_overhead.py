@@ -18,7 +18,6 @@ written to benchmarks/results/router_overhead_TRANSPORT.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -41,10 +40,11 @@ from benchmarks.harness import (  # noqa: E402
     free_port,
     machine_info,
     running,
+    runtime_argv,
+    save_report,
 )
 from benchmarks.loadgen import LoadConfig, LoadResult, run_load  # noqa: E402
 
-ENTRY_SCRIPT = ROOT / "benchmarks" / "scripts" / "noop_score.py"
 RESULTS = ROOT / "benchmarks" / "results" / "router_overhead"
 KEY = "benchmark-primary-key-0123456789abcdef0123"
 BODY = b'{"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]}'
@@ -131,14 +131,7 @@ class ReplicaAddress:
 
 
 def replica_spec(replica: ReplicaAddress) -> ServerSpec:
-    argv: tuple[str, ...] = (
-        sys.executable,
-        "-m",
-        "scoring_runtime",
-        "--entry-script",
-        str(ENTRY_SCRIPT),
-    )
-    argv += (*replica.runtime_args, "--max-concurrent", str(SLOTS))
+    argv = runtime_argv(*replica.runtime_args, "--max-concurrent", str(SLOTS))
     return ServerSpec("replica", argv, replica.ready_url)
 
 
@@ -403,8 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     args = parse_args(argv)
     report = uvloop.run(benchmark(args))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    save_report(args.output, report)
     print_table(report)
     print(f"wrote {args.output}")
     return 0

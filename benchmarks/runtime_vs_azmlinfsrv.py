@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import json
 import os
 import subprocess
 import sys
@@ -35,16 +34,19 @@ if str(ROOT) not in sys.path:  # run as a file, not only as `python -m benchmark
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import (  # noqa: E402
+    NOOP_SCRIPT,
     CpuMeter,
     RunningServer,
     ServerSpec,
     free_port,
     machine_info,
     running,
+    runtime_argv,
+    save_report,
 )
 from benchmarks.loadgen import LoadConfig, LoadResult, run_load  # noqa: E402
 
-ENTRY_SCRIPT = ROOT / "benchmarks" / "scripts" / "noop_score.py"
+ENTRY_SCRIPT = NOOP_SCRIPT
 AZURE_ENV = ROOT / "benchmarks" / ".envs" / "azmlinfsrv"
 AZURE_PACKAGE = "azureml-inference-server-http"
 RESULT_FILE = ROOT / "benchmarks" / "results" / "runtime_vs_azmlinfsrv.json"
@@ -96,14 +98,7 @@ def package_version(python: Path | str, package: str) -> str:
 
 
 def mlfe_spec(port: int, model_dir: Path) -> ServerSpec:
-    argv: tuple[str, ...] = (
-        sys.executable,
-        "-m",
-        "scoring_runtime",
-        "--entry-script",
-        str(ENTRY_SCRIPT),
-    )
-    argv += ("--model-dir", str(model_dir), "--port", str(port))
+    argv = runtime_argv("--model-dir", str(model_dir), "--port", str(port))
     return ServerSpec("mlfe", argv, f"http://127.0.0.1:{port}/")
 
 
@@ -290,8 +285,7 @@ async def benchmark(args: argparse.Namespace) -> int:
         "ratios_mlfe_over_azure": {str(c): row for c, row in ratio_rows.items()},
         "target": {"cpu_per_request_ratio_max": CPU_TARGET_RATIO, "worst": worst, "met": met},
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(document, indent=2) + "\n")
+    save_report(args.output, document)
     print(f"wrote {args.output}")
     return 0
 

@@ -15,7 +15,6 @@ Results are printed and written to benchmarks/results/single_write.json.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -29,7 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a file, not only as `python -m benchmarks....`
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import free_port, machine_info, running  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    free_port,
+    machine_info,
+    running,
+    save_report,
+)
 from benchmarks.router_overhead import (  # noqa: E402
     ReplicaAddress,
     measure,
@@ -118,8 +122,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     report = uvloop.run(benchmark(args))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    save_report(args.output, report)
     for name, figures in report["median"].items():
         print(f"{name:<12} {figures}")
     print(f"single-write / httptools: {report['single_write_over_httptools']}")

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a file, not only as `python -m benchmarks....`
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.harness import save_report  # noqa: E402
 from router.upstream import UpstreamPool  # noqa: E402
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "upstream_micro.json"
@@ -287,8 +288,7 @@ def main() -> None:
         },
         **measured,
     }
-    RESULT_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULT_FILE.write_text(json.dumps(document, indent=2) + "\n")
+    save_report(RESULT_FILE, document)
     print(json.dumps({"results": _summary(measured["results"]), "ratios": measured["ratios"]}))
     print(f"written to {RESULT_FILE.relative_to(ROOT)}")
 
