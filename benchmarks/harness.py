@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +176,12 @@ def machine_info() -> dict[str, Any]:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def median(values: Iterable[float]) -> float:
+    """The middle value (the upper one of an even count): what a benchmark reports."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
 
 
 def runtime_argv(*args: str, entry_script: Path = NOOP_SCRIPT) -> tuple[str, ...]:

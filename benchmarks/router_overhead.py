@@ -39,6 +39,7 @@ from benchmarks.harness import (  # noqa: E402
     ServerSpec,
     free_port,
     machine_info,
+    median,
     running,
     runtime_argv,
     save_report,
@@ -294,11 +295,9 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def summarize_open(runs: list[tuple[LoadResult, list[float]]]) -> dict[str, Any]:
     """Median p50 and median p99 over the open-loop rounds of one system."""
-    p50s = sorted(load.latency.p50_ms for load, _ in runs)
-    p99s = sorted(load.latency.p99_ms for load, _ in runs)
     return {
-        "p50_ms": p50s[len(p50s) // 2],
-        "p99_ms": p99s[len(p99s) // 2],
+        "p50_ms": median(load.latency.p50_ms for load, _ in runs),
+        "p99_ms": median(load.latency.p99_ms for load, _ in runs),
         "rps_all_rounds": [round(load.rps, 1) for load, _ in runs],
         "p99_ms_all_rounds": [load.latency.p99_ms for load, _ in runs],
     }
@@ -313,7 +312,7 @@ async def all_rounds(
 ) -> float:
     """Closed-loop rounds, then open-loop rounds at half mlfe's rate; returns that rate."""
     await rounds(servers, replica, runs, args, None)
-    mlfe_rps = sorted(load.rps for load, _ in runs["mlfe"])[len(runs["mlfe"]) // 2]
+    mlfe_rps = median(load.rps for load, _ in runs["mlfe"])
     open_rate = float(args.open_rate or max(100, round(mlfe_rps / 2, -2)))
     await rounds(servers, replica, open_runs, args, open_rate)
     return open_rate

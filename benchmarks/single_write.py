@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:  # run as a file, not only as `python -m benchmark
 from benchmarks.harness import (  # noqa: E402
     free_port,
     machine_info,
+    median,
     running,
     save_report,
 )
@@ -43,11 +44,6 @@ from benchmarks.router_overhead import (  # noqa: E402
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "single_write.json"
 PROTOCOLS = ("httptools", "single-write")
-
-
-def median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2]
 
 
 async def benchmark(args: argparse.Namespace) -> dict[str, Any]:

@@ -69,6 +69,7 @@ from router.store import (
     ServiceRecord,
     StoreError,
     VersionRecord,
+    as_written,
     check_record,
 )
 
@@ -210,12 +211,7 @@ class KubernetesStore:
             if error.status == 409:
                 raise Conflict(f"service {record.name!r} already exists") from None
             raise
-        logger.info(
-            "store event=created service=%s revision=1 versions=%d",
-            record.name,
-            len(record.versions),
-        )
-        return replace(record, revision=1, created_at=now, updated_at=now)
+        return as_written(record, 1, now, now)
 
     def update_service(self, record: ServiceRecord) -> ServiceRecord:
         check_record(record)
@@ -261,13 +257,7 @@ class KubernetesStore:
                 raise
             if secret_name != old_secret:
                 self._delete_secret(old_secret)
-            logger.info(
-                "store event=updated service=%s revision=%d versions=%d",
-                record.name,
-                revision + 1,
-                len(record.versions),
-            )
-            return replace(record, revision=revision + 1, created_at=created_at, updated_at=now)
+            return as_written(record, revision + 1, created_at, now)
         raise Conflict(f"service {record.name!r} kept changing while it was being updated")
 
     def delete_service(self, name: str, revision: int | None = None) -> None:

@@ -364,12 +364,7 @@ class SqliteStore:
                 ),
             )
             _write_versions(db, record.name, record.versions)
-        logger.info(
-            "store event=created service=%s revision=1 versions=%d",
-            record.name,
-            len(record.versions),
-        )
-        return replace(record, revision=1, created_at=now, updated_at=now)
+        return as_written(record, 1, now, now)
 
     def update_service(self, record: ServiceRecord) -> ServiceRecord:
         check_record(record)
@@ -394,13 +389,7 @@ class SqliteStore:
                 ),
             )
             _write_versions(db, record.name, record.versions)
-        logger.info(
-            "store event=updated service=%s revision=%d versions=%d",
-            record.name,
-            revision + 1,
-            len(record.versions),
-        )
-        return replace(record, revision=revision + 1, created_at=created_at, updated_at=now)
+        return as_written(record, revision + 1, created_at, now)
 
     def delete_service(self, name: str, revision: int | None = None) -> None:
         with self._transaction() as db:
@@ -496,6 +485,21 @@ def check_record(record: ServiceRecord) -> None:
                 f"trafficPercentile of version {version.name!r} must be between 0 and 100,"
                 f" not {percentile}"
             )
+
+
+def as_written(
+    record: ServiceRecord, revision: int, created_at: float, now: float
+) -> ServiceRecord:
+    """`record` as a store wrote it at `revision`, with the event logged; what both stores'
+    create (revision 1) and update return."""
+    logger.info(
+        "store event=%s service=%s revision=%d versions=%d",
+        "created" if revision == 1 else "updated",
+        record.name,
+        revision,
+        len(record.versions),
+    )
+    return replace(record, revision=revision, created_at=created_at, updated_at=now)
 
 
 def _current_revision(db: sqlite3.Connection, name: str) -> tuple[int, float]:

@@ -2,8 +2,8 @@
 
 An ASGI app sends a response as `http.response.start` and `http.response.body`, and
 uvicorn writes each to the socket as it comes: two syscalls, two packets, and on loopback
-two wake-ups of the client, for a response of a few hundred bytes. Measured on the
-router's scoring path, that second write was a fifth of the process's CPU. Here the
+two wake-ups of the client, for a response of a few hundred bytes
+(benchmarks/single_write.py measures the router both ways). Here the
 protocol's transport holds what is written during one step of the event loop and writes
 it at once: when the response completes, or at the next turn of the loop for a response
 still streaming. The router and the scoring runtime both serve through it.
@@ -25,23 +25,20 @@ JOIN_LIMIT = 64 * 1024
 class _CoalescingTransport:
     """A transport that defers writes to the end of the current event-loop step."""
 
-    __slots__ = ("_loop", "_pending", "_size", "_transport")
+    __slots__ = ("_loop", "_pending", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] | None = None
-        self._size = 0
 
     def write(self, data: bytes) -> None:
         pending = self._pending
         if pending is None:
             self._pending = [data]
-            self._size = len(data)
             self._loop.call_soon(self.flush)
         else:
             pending.append(data)
-            self._size += len(data)
 
     def flush(self) -> None:
         pending = self._pending
@@ -53,7 +50,7 @@ class _CoalescingTransport:
             return  # the client is gone; uvicorn has seen connection_lost
         if len(pending) == 1:
             transport.write(pending[0])
-        elif self._size <= JOIN_LIMIT:
+        elif sum(map(len, pending)) <= JOIN_LIMIT:
             transport.write(b"".join(pending))
         else:
             transport.writelines(pending)
