@@ -160,6 +160,29 @@ class CpuMeter:
         ]
 
 
+def _machine_ticks() -> tuple[int, int]:
+    """Busy and total clock ticks of all CPUs together, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(field) for field in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    # guest time is already counted in user and nice
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+class MachineMeter:
+    """Share of the whole machine's CPU time that was busy over one bracketed interval:
+    whether a run was bound by CPU or by waiting."""
+
+    def __init__(self) -> None:
+        self._before = _machine_ticks()
+
+    def busy_share(self) -> float:
+        busy, total = _machine_ticks()
+        elapsed = total - self._before[1]
+        return (busy - self._before[0]) / elapsed if elapsed else 0.0
+
+
 def machine_info() -> dict[str, Any]:
     model = "unknown"
     with contextlib.suppress(OSError):

@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:  # run as a file, not only as `python -m benchmark
 
 from benchmarks.harness import (  # noqa: E402
     CpuMeter,
+    MachineMeter,
     RunningServer,
     ServerSpec,
     free_port,
@@ -131,6 +132,18 @@ class ReplicaAddress:
         return f"unix:{self.uds}" if self.uds else f"127.0.0.1:{self.port}"
 
 
+@dataclass(frozen=True)
+class Round:
+    """One measured load: what the clients saw and where the machine's CPU went."""
+
+    load: LoadResult
+    server_cpu_s: list[float]  # the replica's, then the proxy's when there is one
+    machine_busy: float  # share of both cores' time spent busy, by anything
+
+    def us_per_request(self, cpu_s: float) -> float:
+        return round(cpu_s * 1e6 / max(self.load.completed, 1), 1)
+
+
 def replica_spec(replica: ReplicaAddress) -> ServerSpec:
     argv = runtime_argv(*replica.runtime_args, "--max-concurrent", str(SLOTS))
     return ServerSpec("replica", argv, replica.ready_url)
@@ -167,7 +180,7 @@ async def measure(
     warmup: float,
     pids: Sequence[int],
     rate: float | None = None,
-) -> tuple[LoadResult, list[float]]:
+) -> Round:
     def config(seconds: float) -> LoadConfig:
         return LoadConfig(
             url=url,
@@ -180,20 +193,19 @@ async def measure(
         )
 
     await run_load(config(warmup))
-    meter = CpuMeter(pids)
+    meter, machine = CpuMeter(pids), MachineMeter()
     result = await run_load(config(duration))
-    cpu = meter.seconds()
+    measured = Round(result, meter.seconds(), machine.busy_share())
     failed = {code: n for code, n in result.status_counts.items() if int(code) != 200}
     if failed or result.errors:
         raise RuntimeError(f"{url} did not answer 200: statuses {failed}, errors {result.errors}")
-    return result, cpu
+    return measured
 
 
-def summarize(name: str, runs: list[tuple[LoadResult, list[float]]]) -> dict[str, Any]:
+def summarize(name: str, runs: list[Round]) -> dict[str, Any]:
     """The median round of one system (by requests/s), with CPU per request."""
-    ordered = sorted(runs, key=lambda run: run[0].rps)
-    load, cpu = ordered[len(ordered) // 2]
-    completed = max(load.completed, 1)
+    middle = sorted(runs, key=lambda run: run.load.rps)[len(runs) // 2]
+    load = middle.load
     summary = {
         "system": name,
         "rps": round(load.rps, 1),
@@ -202,13 +214,15 @@ def summarize(name: str, runs: list[tuple[LoadResult, list[float]]]) -> dict[str
         "completed": load.completed,
         "status_counts": load.status_counts,
         "errors": load.errors,
-        "replica_cpu_us_per_request": round(cpu[0] * 1e6 / completed, 1),
-        "rps_all_rounds": [round(r.rps, 1) for r, _ in runs],
+        "replica_cpu_us_per_request": middle.us_per_request(middle.server_cpu_s[0]),
+        "client_cpu_us_per_request": middle.us_per_request(load.client_cpu_s),
+        "machine_busy_share": round(middle.machine_busy, 3),
+        "rps_all_rounds": [round(run.load.rps, 1) for run in runs],
     }
-    if len(cpu) > 1:
-        summary["proxy_cpu_us_per_request"] = round(cpu[1] * 1e6 / completed, 1)
+    if len(middle.server_cpu_s) > 1:
+        summary["proxy_cpu_us_per_request"] = middle.us_per_request(middle.server_cpu_s[1])
         summary["proxy_cpu_us_all_rounds"] = [
-            round(c[1] * 1e6 / max(r.completed, 1), 1) for r, c in runs
+            run.us_per_request(run.server_cpu_s[1]) for run in runs
         ]
     return summary
 
@@ -220,8 +234,8 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         port=free_port() if args.replica_transport == "tcp" else None,
     )
     router_port, nginx_port = free_port(), free_port()
-    runs: dict[str, list[tuple[LoadResult, list[float]]]] = {}
-    open_runs: dict[str, list[tuple[LoadResult, list[float]]]] = {}
+    runs: dict[str, list[Round]] = {}
+    open_runs: dict[str, list[Round]] = {}
     try:
         with running(replica_spec(replica_address), workdir) as replica:
             servers: dict[str, tuple[str, RunningServer | None]] = {
@@ -293,26 +307,26 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def summarize_open(runs: list[tuple[LoadResult, list[float]]]) -> dict[str, Any]:
+def summarize_open(runs: list[Round]) -> dict[str, Any]:
     """Median p50 and median p99 over the open-loop rounds of one system."""
     return {
-        "p50_ms": median(load.latency.p50_ms for load, _ in runs),
-        "p99_ms": median(load.latency.p99_ms for load, _ in runs),
-        "rps_all_rounds": [round(load.rps, 1) for load, _ in runs],
-        "p99_ms_all_rounds": [load.latency.p99_ms for load, _ in runs],
+        "p50_ms": median(run.load.latency.p50_ms for run in runs),
+        "p99_ms": median(run.load.latency.p99_ms for run in runs),
+        "rps_all_rounds": [round(run.load.rps, 1) for run in runs],
+        "p99_ms_all_rounds": [run.load.latency.p99_ms for run in runs],
     }
 
 
 async def all_rounds(
     servers: dict[str, tuple[str, RunningServer | None]],
     replica: RunningServer,
-    runs: dict[str, list[tuple[LoadResult, list[float]]]],
-    open_runs: dict[str, list[tuple[LoadResult, list[float]]]],
+    runs: dict[str, list[Round]],
+    open_runs: dict[str, list[Round]],
     args: argparse.Namespace,
 ) -> float:
     """Closed-loop rounds, then open-loop rounds at half mlfe's rate; returns that rate."""
     await rounds(servers, replica, runs, args, None)
-    mlfe_rps = median(load.rps for load, _ in runs["mlfe"])
+    mlfe_rps = median(run.load.rps for run in runs["mlfe"])
     open_rate = float(args.open_rate or max(100, round(mlfe_rps / 2, -2)))
     await rounds(servers, replica, open_runs, args, open_rate)
     return open_rate
@@ -321,7 +335,7 @@ async def all_rounds(
 async def rounds(
     servers: dict[str, tuple[str, RunningServer | None]],
     replica: RunningServer,
-    runs: dict[str, list[tuple[LoadResult, list[float]]]],
+    runs: dict[str, list[Round]],
     args: argparse.Namespace,
     rate: float | None,
 ) -> None:
@@ -329,11 +343,13 @@ async def rounds(
     for round_no in range(args.rounds):
         for name, (url, proxy) in servers.items():
             pids = [replica.pid] + ([proxy.pid] if proxy is not None else [])
-            result = await measure(url, args.connections, args.duration, args.warmup, pids, rate)
-            runs.setdefault(name, []).append(result)
+            run = await measure(url, args.connections, args.duration, args.warmup, pids, rate)
+            runs.setdefault(name, []).append(run)
+            load = run.load
             print(
-                f"round {round_no + 1} {mode:<12} {name:<7} {result[0].rps:9.0f} req/s "
-                f"p50 {result[0].latency.p50_ms:.2f} ms p99 {result[0].latency.p99_ms:.2f} ms",
+                f"round {round_no + 1} {mode:<12} {name:<7} {load.rps:9.0f} req/s "
+                f"p50 {load.latency.p50_ms:.2f} ms p99 {load.latency.p99_ms:.2f} ms "
+                f"machine {run.machine_busy:.0%} busy",
                 flush=True,
             )
 

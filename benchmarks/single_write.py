@@ -66,7 +66,8 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 for name, router in routers.items():
                     url = f"http://127.0.0.1:{ports[name]}/api/v1/service/bench/score"
                     pids = [replica_server.pid, router.pid]
-                    load, cpu = await measure(url, 32, args.duration, args.warmup, pids)
+                    run = await measure(url, 32, args.duration, args.warmup, pids)
+                    load, cpu = run.load, run.server_cpu_s
                     figures = {
                         "rps": round(load.rps, 1),
                         "router_cpu_us_per_request": round(cpu[1] * 1e6 / load.completed, 1),

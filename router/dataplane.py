@@ -233,11 +233,22 @@ class DataPlane:
         method = scope["method"].encode()
         tried: set[str] = set()
         replica: Replica[UpstreamPool] | None = None
+
+        def replica_done() -> None:
+            # Called as the replica's last byte arrives: the next queued request can have
+            # the slot now, without waiting for this task to run or for a slow client.
+            nonlocal replica
+            if replica is not None:
+                pool.release(replica)
+                replica = None
+
         try:
             while True:
                 replica = await self._acquire(deployment, receive, tried)
                 try:
-                    response = await replica.target.request(method, target, headers, body, timeout)
+                    response = await replica.target.request(
+                        method, target, headers, body, timeout, replica_done
+                    )
                     break
                 except NotDelivered:
                     # Never reached the replica: safe to try another one.
@@ -250,9 +261,6 @@ class DataPlane:
             out.extend(echo)
             await send({"type": "http.response.start", "status": response.status, "headers": out})
             if response.complete:
-                # The replica is done: free its slot before writing to a possibly slow client.
-                pool.release(replica)
-                replica = None
                 await send({"type": "http.response.body", "body": response.body})
             else:
                 try:

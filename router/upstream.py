@@ -14,6 +14,7 @@ to another one, a request that did must not be. So the errors say which happened
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -181,6 +182,7 @@ class _Connection(asyncio.Protocol):
         "_length",
         "_listed",
         "_message_done",
+        "_on_done",
         "_parser",
         "_paused",
         "_pool",
@@ -206,6 +208,7 @@ class _Connection(asyncio.Protocol):
         # Per request.
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._on_done: Callable[[], None] | None = None
         self._head = False
         # Per response message.
         self._response: UpstreamResponse | None = None
@@ -223,9 +226,19 @@ class _Connection(asyncio.Protocol):
         return self._transport is None or self._transport.is_closing()
 
     async def exchange(
-        self, data: bytes, body: bytes | None, head: bool, deadline: float
+        self,
+        data: bytes,
+        body: bytes | None,
+        head: bool,
+        deadline: float,
+        on_done: Callable[[], None] | None,
     ) -> UpstreamResponse:
-        """Send one request; return when the status line and headers are in."""
+        """Send one request; return when the status line and headers are in.
+
+        `on_done` is called once the replica has sent the whole response, from the
+        protocol callback that received its last byte, after the connection went back to
+        the pool; never when the request fails.
+        """
         transport = self._transport
         if transport is None or transport.is_closing():
             raise NotDelivered("the connection to the replica was already closed")
@@ -234,6 +247,7 @@ class _Connection(asyncio.Protocol):
             self._parser = httptools.HttpResponseParser(self)
             self._stale_parser = False
         self._head = head
+        self._on_done = on_done
         self._message_done = False
         waiter = self._waiter = self.loop.create_future()
         self._timer = self.loop.call_at(deadline, self._on_timeout)
@@ -416,6 +430,9 @@ class _Connection(asyncio.Protocol):
             self._pool._release(self)
         elif transport is not None:
             transport.close()
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done()
 
     def _hand_over(self, response: UpstreamResponse) -> None:
         """Resolve request() once the headers are in, with whatever body came along."""
@@ -438,6 +455,7 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, error: UpstreamError) -> None:
         """End the request in flight with `error` and close the connection."""
+        self._on_done = None
         self._cancel_timer()
         waiter = self._waiter
         if waiter is not None:
@@ -451,6 +469,7 @@ class _Connection(asyncio.Protocol):
         self._abort()
 
     def _forget_request(self) -> None:
+        self._on_done = None
         self._cancel_timer()
         self._waiter = None
         self._abort()
@@ -504,9 +523,14 @@ class UpstreamPool:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         timeout: float,
+        on_done: Callable[[], None] | None = None,
     ) -> UpstreamResponse:
         """Send a request; return once the replica's status line and headers are in
         (with the body too when its length is known and at most WHOLE_BODY_LIMIT).
+
+        `on_done()` runs as soon as the replica has sent its last byte, which can be
+        before the caller resumes: the replica is free then, whatever the caller still
+        does with the body.
 
         Raises NotDelivered (safe to send elsewhere), ConnectionLost or UpstreamTimeout;
         `timeout` runs from now until the last byte of the body.
@@ -521,11 +545,11 @@ class UpstreamPool:
         conn = self._take_idle(now)
         if conn is not None:
             try:
-                return await conn.exchange(data, rest, head, deadline)
+                return await conn.exchange(data, rest, head, deadline, on_done)
             except NotDelivered:
                 pass  # the replica had closed it; a new connection tells whether it is still up
         conn = await self._connect(loop, deadline)
-        return await conn.exchange(data, rest, head, deadline)
+        return await conn.exchange(data, rest, head, deadline, on_done)
 
     async def close(self) -> None:
         """Close idle connections now and busy ones when their response is done."""

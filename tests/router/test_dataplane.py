@@ -395,6 +395,7 @@ async def test_streams_chunked_responses(router: Router, tmp_path: Path) -> None
                 chunks.append(chunk)
         assert b"".join(chunks) == b"part0;part1;part2;part3;part4;end"
         assert len(chunks) > 1
+        assert router.registry.deployment("svc", "a").pool.in_flight == 0
     finally:
         peer.terminate()
         peer.wait()

@@ -455,6 +455,50 @@ async def test_a_chunked_response_streams_chunk_by_chunk() -> None:
 
 
 @on_both_loops
+async def test_on_done_runs_once_the_replica_has_sent_everything() -> None:
+    app = PeerApp()
+    async with UvicornPeer(app) as peer:
+        pool = UpstreamPool(peer.address)
+        done: list[int] = []
+
+        def on_done() -> None:
+            # By now the connection is back in the pool for whoever the slot goes to.
+            done.append(pool.idle_count)
+
+        response = await pool.request(b"GET", b"/echo", [], b"", 5.0, on_done)
+        assert response.complete and done == [1]
+
+        done.clear()
+        response = await pool.request(b"GET", b"/chunks?2", [], b"", 5.0, on_done)
+        assert done == []  # headers only: the replica is still working
+        app.gate.put_nowait(None)
+        assert await response.read() == b"chunk0;"
+        assert done == []
+        app.gate.put_nowait(None)
+        await until(lambda: done == [1])  # the last chunk arrived, unread by the caller
+        assert await read_all(response) == b"chunk1;"
+        assert done == [1]
+        await pool.close()
+
+
+@on_both_loops
+async def test_on_done_never_runs_for_a_failed_request() -> None:
+    app = PeerApp()
+    async with UvicornPeer(app) as peer:
+        pool = UpstreamPool(peer.address)
+        done: list[None] = []
+        with pytest.raises(UpstreamTimeout):
+            await pool.request(b"GET", b"/sleep?10", [], b"", 0.3, lambda: done.append(None))
+        response = await pool.request(b"GET", b"/stall", [], b"", 0.5, lambda: done.append(None))
+        with pytest.raises(UpstreamTimeout):
+            await read_all(response)
+        await pool.close()
+    with pytest.raises(NotDelivered):
+        await pool.request(b"GET", b"/echo", [], b"", 5.0, lambda: done.append(None))
+    assert done == []
+
+
+@on_both_loops
 async def test_a_long_content_length_body_is_read_whole() -> None:
     app = PeerApp()
     async with UvicornPeer(app) as peer:
