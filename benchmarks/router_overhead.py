@@ -3,6 +3,7 @@ nginx, in one run.
 
     .venv/bin/python benchmarks/router_overhead.py [--replica-transport tcp|uds]
                                                    [--duration 10] [--connections 32]
+                                                   [--slots 8]
 
 One `python -m scoring_runtime` replica serves a no-op entry script on loopback TCP (or on
 a Unix socket, as mlfe's local backend runs replicas). The same load (benchmarks/loadgen.py)
@@ -81,7 +82,9 @@ http {{
 """
 
 
-async def serve_router(port: int, replica: str, http: str = "single-write") -> None:
+async def serve_router(
+    port: int, replica: str, http: str = "single-write", slots: int = SLOTS
+) -> None:
     """The router process: mlfe's app with one service of two versions on `replica`.
 
     `http="httptools"` swaps in uvicorn's own protocol (benchmarks/single_write.py)."""
@@ -89,10 +92,11 @@ async def serve_router(port: int, replica: str, http: str = "single-write") -> N
     from router.metrics import RouterMetrics
     from router.registry import Registry, ServiceSpec, VersionSpec
     from router.server import bind_tcp, uvicorn_server
+    from scoring_runtime.heap import freeze_startup_heap
 
     registry = Registry(RouterMetrics())
     versions = tuple(
-        VersionSpec(name, traffic_percentile=share, slots_per_replica=SLOTS, max_queue_wait=5.0)
+        VersionSpec(name, traffic_percentile=share, slots_per_replica=slots, max_queue_wait=5.0)
         for name, share in (("blue", 90.0), ("green", 10.0))
     )
     registry.set_service(
@@ -103,6 +107,7 @@ async def serve_router(port: int, replica: str, http: str = "single-write") -> N
     server = uvicorn_server(create_app(registry))
     if http == "httptools":
         server.config.http = http  # read when the server starts
+    freeze_startup_heap()  # as router/serve.py does
     await server.serve(sockets=[bind_tcp("127.0.0.1", port)])
 
 
@@ -144,15 +149,22 @@ class Round:
         return round(cpu_s * 1e6 / max(self.load.completed, 1), 1)
 
 
-def replica_spec(replica: ReplicaAddress) -> ServerSpec:
-    argv = runtime_argv(*replica.runtime_args, "--max-concurrent", str(SLOTS))
+def replica_spec(replica: ReplicaAddress, slots: int = SLOTS) -> ServerSpec:
+    argv = runtime_argv(*replica.runtime_args, "--max-concurrent", str(slots))
     return ServerSpec("replica", argv, replica.ready_url)
 
 
 def router_spec(
-    port: int, replica: ReplicaAddress, http: str = "single-write", name: str = "mlfe"
+    port: int,
+    replica: ReplicaAddress,
+    http: str = "single-write",
+    name: str = "mlfe",
+    slots: int = SLOTS,
 ) -> ServerSpec:
-    argv = (sys.executable, __file__, "--serve-router", str(port), replica.upstream, http)
+    argv = (
+        *(sys.executable, __file__, "--serve-router", str(port)),
+        *(replica.upstream, http, str(slots)),
+    )
     return ServerSpec(name, argv, f"http://127.0.0.1:{port}/healthz")
 
 
@@ -237,11 +249,12 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[Round]] = {}
     open_runs: dict[str, list[Round]] = {}
     try:
-        with running(replica_spec(replica_address), workdir) as replica:
+        with running(replica_spec(replica_address, args.slots), workdir) as replica:
             servers: dict[str, tuple[str, RunningServer | None]] = {
                 "direct": (replica_address.score_url, None)
             }
-            with running(router_spec(router_port, replica_address), workdir) as router:
+            mlfe_spec = router_spec(router_port, replica_address, slots=args.slots)
+            with running(mlfe_spec, workdir) as router:
                 servers["mlfe"] = (
                     f"http://127.0.0.1:{router_port}/api/v1/service/bench/score",
                     router,
@@ -278,6 +291,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine_info(),
         "connections": args.connections,
         "replica_transport": args.replica_transport,
+        "slots": args.slots,
         "duration_s": args.duration,
         "rounds": args.rounds,
         "nginx": nginx_note,
@@ -382,6 +396,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--slots",
+        type=int,
+        default=SLOTS,
+        help="the replica's --max-concurrent and the router's slots per replica",
+    )
+    parser.add_argument(
         "--open-rate",
         type=float,
         default=None,
@@ -407,7 +427,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--serve-router"]:
-        uvloop.run(serve_router(int(argv[1]), argv[2], *argv[3:4]))
+        uvloop.run(serve_router(int(argv[1]), argv[2], argv[3], int(argv[4])))
         return 0
     args = parse_args(argv)
     report = uvloop.run(benchmark(args))

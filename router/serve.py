@@ -61,6 +61,7 @@ from router.serve_settings import (
 from router.server import bind_tcp, uvicorn_server
 from router.services import ServiceManager
 from router.store import SqliteStore, Store, StoreError
+from scoring_runtime.heap import freeze_startup_heap
 
 if TYPE_CHECKING:
     from router.serve_kubernetes import ClusterRouter
@@ -244,6 +245,7 @@ async def serve(settings: ServeSettings) -> None:
     stop = _StopSignals()
     with contextlib.closing(sock), stop.installed():
         assembly = await assemble(settings, public_url=public_url)
+        freeze_startup_heap()
         try:
             server = uvicorn_server(assembly.app, log_level=settings.log_level)
             stop.server = server

@@ -21,6 +21,7 @@ from typing import Any
 from scoring_runtime import azureml_shim
 from scoring_runtime.config import RuntimeConfig, parse_config
 from scoring_runtime.cors import CorsPolicy
+from scoring_runtime.heap import freeze_startup_heap
 from scoring_runtime.invoke import Invoker
 from scoring_runtime.listen import bind_tcp, bind_unix, serve
 from scoring_runtime.loader import EntryScript, ScriptLoadError, load_entry_script, run_init
@@ -133,6 +134,7 @@ def _serve(config: RuntimeConfig, script: EntryScript, swagger: SwaggerDocuments
             timeout_ms=config.scoring_timeout_ms,
         )
 
+    freeze_startup_heap()  # the model init() loaded included
     try:
         graceful_s = min(config.scoring_timeout_ms / 1000.0 + 1.0, _GRACEFUL_SHUTDOWN_CAP_S)
         serve(app, sock, on_ready, graceful_s)
