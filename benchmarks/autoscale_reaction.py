@@ -35,7 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a file, not only as `python -m benchmarks....`
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import ServerSpec, free_port, machine_info, running  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    ServerSpec,
+    free_port,
+    machine_info,
+    running,
+    save_report,
+)
 from benchmarks.loadgen import LoadConfig, LoadResult, run_load  # noqa: E402
 
 ENTRY_SCRIPT = ROOT / "benchmarks" / "scripts" / "slow_score.py"
@@ -341,9 +347,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     report = uvloop.run(benchmark(args))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     json_path = args.output.with_suffix(".json")
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    save_report(json_path, report)
     plot(
         [Sample(**s) for s in report["samples"]],
         report["figures"],

@@ -210,7 +210,9 @@ def median_ratios(measurements: list[Measurement], connections: int) -> dict[str
     return row
 
 
-def median_figures(measurements: list[Measurement], server: str, connections: int) -> dict:
+def median_figures(
+    measurements: list[Measurement], server: str, connections: int
+) -> dict[str, float]:
     """One server's medians over the rounds at `connections`."""
     runs = [m for m in measurements if m.server == server and m.connections == connections]
     return {
@@ -221,7 +223,9 @@ def median_figures(measurements: list[Measurement], server: str, connections: in
     }
 
 
-def print_table(medians: dict[int, dict[str, dict]], ratio_rows: dict[int, dict]) -> None:
+def print_table(
+    medians: dict[int, dict[str, dict[str, float]]], ratio_rows: dict[int, dict[str, Any]]
+) -> None:
     header = (
         f"{'conns':>5}  {'server':<11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/req':>11}"
     )

@@ -455,7 +455,6 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, error: UpstreamError) -> None:
         """End the request in flight with `error` and close the connection."""
-        self._on_done = None
         self._cancel_timer()
         waiter = self._waiter
         if waiter is not None:
@@ -469,7 +468,6 @@ class _Connection(asyncio.Protocol):
         self._abort()
 
     def _forget_request(self) -> None:
-        self._on_done = None
         self._cancel_timer()
         self._waiter = None
         self._abort()
@@ -481,6 +479,8 @@ class _Connection(asyncio.Protocol):
 
     def _abort(self) -> None:
         # abort, not close: a close would wait to flush a body the replica may never read.
+        # A request on an aborted connection never completes, so `on_done` is never due.
+        self._on_done = None
         self._cancel_timer()
         if self._transport is not None:
             self._transport.abort()
