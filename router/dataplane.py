@@ -27,6 +27,7 @@ from router.upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from scoring_runtime.http_protocol import CLIENT_DISCONNECT, DisconnectSignal
 from scoring_runtime.request_ids import RequestIds
 
 PREFIX = "/api/v1/service/"
@@ -42,6 +43,7 @@ WWW_AUTHENTICATE = (b"www-authenticate", b"Bearer")
 RETRY_AFTER = (b"retry-after", b"1")
 CONNECTION_CLOSE = (b"connection", b"close")
 FORWARDED_METHODS = frozenset(("POST", "GET", "OPTIONS"))
+_NO_EXTENSIONS: dict[str, Any] = {}
 # Headers the router sets on the response itself; the replica's copies are dropped.
 OWN_RESPONSE_HEADERS = frozenset(
     (b"x-request-id", b"x-ms-client-request-id", b"azureml-model-deployment")
@@ -63,12 +65,13 @@ class RequestTooLarge(Exception):
 
 
 class ClientWatch:
-    """Calls `on_gone` if the client disconnects while its request waits for a slot.
+    """Calls `on_gone` if the client disconnects while its request waits for a slot,
+    under an ASGI server that offers no DisconnectSignal.
 
     The body has been read, so receive() now returns only when the client disconnects.
-    Most requests wait a little under load, so instead of a task per wait, receive()'s
-    coroutine is stepped once by hand, as a task would: it returns at once (the client
-    is already gone) or parks on a future, which gets a done callback. close() ends it.
+    Instead of a task per wait, receive()'s coroutine is stepped once by hand, as a task
+    would: it returns at once (the client is already gone) or parks on a future, which
+    gets a done callback. close() ends it.
     """
 
     __slots__ = ("_coroutine", "_fallback", "client_gone")
@@ -107,6 +110,17 @@ class ClientWatch:
             self._coroutine = None
         if self._fallback is not None and not self._fallback.done():
             self._fallback.cancel()
+
+
+def watch_client(
+    scope: Scope, receive: Receive, on_gone: Callable[[], object]
+) -> DisconnectSignal | ClientWatch:
+    """Watch for the client leaving: through the server's DisconnectSignal when it
+    offers one (mlfe's protocol does), else through receive()."""
+    signal = scope.get("extensions", _NO_EXTENSIONS).get(CLIENT_DISCONNECT)
+    if isinstance(signal, DisconnectSignal):
+        return signal.watch(on_gone)
+    return ClientWatch(receive, on_gone)
 
 
 class DataPlane:
@@ -244,7 +258,7 @@ class DataPlane:
 
         try:
             while True:
-                replica = await self._acquire(deployment, receive, tried)
+                replica = await self._acquire(deployment, scope, receive, tried)
                 try:
                     response = await replica.target.request(
                         method, target, headers, body, timeout, replica_done
@@ -300,7 +314,7 @@ class DataPlane:
                 pool.release(replica)
 
     async def _acquire(
-        self, deployment: Deployment, receive: Receive, tried: set[str]
+        self, deployment: Deployment, scope: Scope, receive: Receive, tried: set[str]
     ) -> Replica[UpstreamPool]:
         """A replica slot now, or after waiting in the queue while watching the client."""
         pool = deployment.pool
@@ -313,7 +327,7 @@ class DataPlane:
             raise NotDelivered("no other replica to try")
         queued_at = time.perf_counter()
         slot = pool.enqueue(tried)
-        watch = ClientWatch(receive, slot.cancel)
+        watch = watch_client(scope, receive, slot.cancel)
         try:
             replica = await slot
         except asyncio.CancelledError:

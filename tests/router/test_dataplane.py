@@ -21,10 +21,11 @@ from openapi_spec_validator import validate
 
 from router.app import create_app
 from router.auth import issue_token
-from router.dataplane import ClientWatch
+from router.dataplane import ClientWatch, watch_client
 from router.metrics import RouterMetrics
 from router.registry import Registry, ServiceSpec, VersionSpec
 from router.server import bind_tcp, uvicorn_server
+from scoring_runtime.http_protocol import CLIENT_DISCONNECT, DisconnectSignal
 from tests.helpers.runtime_proc import RuntimeProcess, start_runtime
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -512,6 +513,21 @@ async def test_client_watch_closed_before_any_disconnect() -> None:
     await asyncio.sleep(0.01)
     assert not gone and receive.finished == 1
     assert not receive.event._waiters  # type: ignore[attr-defined]
+
+
+async def test_watch_client_uses_the_disconnect_signal_when_the_server_offers_it() -> None:
+    signal = DisconnectSignal()
+    gone: list[bool] = []
+    receive = FakeReceive()
+    watch = watch_client(
+        {"extensions": {CLIENT_DISCONNECT: signal}}, receive, lambda: gone.append(True)
+    )
+    assert watch is signal and receive.calls == 0
+    signal.fire()
+    assert gone == [True] and watch.client_gone
+    fallback = watch_client({"extensions": {}}, receive, lambda: None)
+    assert isinstance(fallback, ClientWatch)
+    fallback.close()
 
 
 async def test_client_watch_of_a_client_already_gone() -> None:

@@ -1,4 +1,5 @@
-"""The single-write protocol: one socket write per response, and streaming still streams."""
+"""The single-write protocol: one socket write per response, streaming still streams, and
+apps hear of a client hanging up through the disconnect signal."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ from typing import Any
 import pytest
 import uvicorn
 
-from scoring_runtime.http_protocol import JOIN_LIMIT, SingleWriteHttpProtocol, _CoalescingTransport
+from scoring_runtime.http_protocol import (
+    CLIENT_DISCONNECT,
+    JOIN_LIMIT,
+    DisconnectSignal,
+    SingleWriteHttpProtocol,
+    _CoalescingTransport,
+)
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -173,3 +180,60 @@ async def test_a_streamed_response_reaches_the_client_before_it_ends(
     client_saw_first_chunk.set()
     assert await reader.readuntil(b"0\r\n\r\n") == b"6\r\nsecond\r\n0\r\n\r\n"
     writer.close()
+
+
+async def test_the_disconnect_signal_calls_back_when_the_client_hangs_up(
+    serve: Callable[[App], Awaitable[int]],
+) -> None:
+    watching = asyncio.Event()
+    gone = asyncio.Event()
+    signals: list[DisconnectSignal] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()  # the whole request is in; only a disconnect can come now
+        signal = scope["extensions"][CLIENT_DISCONNECT]
+        signals.append(signal)
+        signal.watch(gone.set)
+        watching.set()
+        await asyncio.wait_for(gone.wait(), 5)
+        signal.close()
+
+    port = await serve(app)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+    await asyncio.wait_for(watching.wait(), 5)
+    assert not signals[0].client_gone
+    writer.close()
+    await asyncio.wait_for(gone.wait(), 5)
+    assert signals[0].client_gone
+    # Watching a client already gone calls back at once.
+    late: list[bool] = []
+    signals[0].watch(lambda: late.append(True))
+    assert late == [True]
+
+
+async def test_a_closed_watch_is_not_called_and_each_request_sees_its_connection(
+    serve: Callable[[App], Awaitable[int]],
+) -> None:
+    seen: list[DisconnectSignal] = []
+    called: list[bool] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        signal = scope["extensions"][CLIENT_DISCONNECT]
+        seen.append(signal)
+        signal.watch(lambda: called.append(True)).close()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    port = await serve(app)
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    for reader, writer in (*connections, connections[0]):
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 204")
+    for _, writer in connections:
+        writer.close()
+    await asyncio.sleep(0.1)
+    assert seen[0] is seen[2] and seen[0] is not seen[1]
+    assert all(signal.client_gone for signal in seen)
+    assert called == []
