@@ -1,20 +1,26 @@
 """Prometheus metrics of the router.
 
-Per-request metrics are counters and histograms whose children are resolved once per
-service/version (`VersionMetrics`), so the hot path does a dict lookup and an `inc`.
-Gauges that describe state (in flight, waiting, replicas) are read from the pools at
-scrape time by a collector, costing the hot path nothing.
+Per-request metrics are tallies (scoring_runtime/tally.py) resolved once per
+service/version (`VersionMetrics`), so the hot path does an index and an add, with no
+lock. Gauges that describe state (in flight, waiting, replicas) are read from the pools
+at scrape time by a collector, costing the hot path nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from scoring_runtime.tally import CountsByCode, HistogramTally
 
 LATENCY_BUCKETS = (
     0.001,
@@ -40,19 +46,14 @@ PoolSample = tuple[str, str, int, int, dict[str, int]]
 
 @dataclass(eq=False)
 class VersionMetrics:
-    """Metric children of one service version, resolved once."""
+    """The per-request tallies of one service version, resolved once."""
 
-    _requests: Counter
-    _labels: tuple[str, str]
-    latency: Any  # Histogram child
-    queue_wait: Any  # Histogram child
-    _by_code: dict[int, Any] = field(default_factory=dict)
+    latency: HistogramTally = field(default_factory=lambda: HistogramTally(LATENCY_BUCKETS))
+    queue_wait: HistogramTally = field(default_factory=lambda: HistogramTally(LATENCY_BUCKETS))
+    requests: CountsByCode = field(default_factory=CountsByCode)
 
     def count(self, status: int) -> None:
-        child = self._by_code.get(status)
-        if child is None:
-            child = self._by_code[status] = self._requests.labels(*self._labels, str(status))
-        child.inc()
+        self.requests.count(status)
 
 
 class _PoolCollector(Collector):
@@ -85,53 +86,64 @@ class _PoolCollector(Collector):
         yield replicas
 
 
+class _RequestCollector(Collector):
+    def __init__(
+        self, versions: dict[tuple[str, str], VersionMetrics], unrouted: CountsByCode
+    ) -> None:
+        self._versions = versions
+        self._unrouted = unrouted
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "mlfe_requests",
+            "Scoring requests answered, by service, version and status code.",
+            labels=["service", "version", "code"],
+        )
+        latency = HistogramMetricFamily(
+            "mlfe_request_duration_seconds",
+            "Time from receiving a scoring request to the end of its response.",
+            labels=["service", "version"],
+        )
+        queue_wait = HistogramMetricFamily(
+            "mlfe_queue_wait_seconds",
+            "Time a scoring request waited for a free replica slot.",
+            labels=["service", "version"],
+        )
+        for labels, version in self._versions.items():
+            version.requests.add_to(requests, labels)
+            version.latency.add_to(latency, labels)
+            version.queue_wait.add_to(queue_wait, labels)
+        unrouted = CounterMetricFamily(
+            "mlfe_unrouted_requests",
+            "Scoring requests answered before a version was chosen, by status code.",
+            labels=["code"],
+        )
+        self._unrouted.add_to(unrouted, [])
+        yield requests
+        yield unrouted
+        yield latency
+        yield queue_wait
+
+
 class RouterMetrics:
     """The router's metrics, in a registry of its own (one router per process in use,
     several in tests)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._requests = Counter(
-            "mlfe_requests",
-            "Scoring requests answered, by service, version and status code.",
-            ["service", "version", "code"],
-            registry=self.registry,
-        )
-        self._unrouted = Counter(
-            "mlfe_unrouted_requests",
-            "Scoring requests answered before a version was chosen, by status code.",
-            ["code"],
-            registry=self.registry,
-        )
-        self._latency = Histogram(
-            "mlfe_request_duration_seconds",
-            "Time from receiving a scoring request to the end of its response.",
-            ["service", "version"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self._queue_wait = Histogram(
-            "mlfe_queue_wait_seconds",
-            "Time a scoring request waited for a free replica slot.",
-            ["service", "version"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self._unrouted_by_code: dict[int, Any] = {}
+        # Kept for the router's life: a version deployed again counts on from where it was.
+        self._versions: dict[tuple[str, str], VersionMetrics] = {}
+        self._unrouted = CountsByCode()
+        self.registry.register(_RequestCollector(self._versions, self._unrouted))
 
     def version(self, service: str, version: str) -> VersionMetrics:
-        return VersionMetrics(
-            _requests=self._requests,
-            _labels=(service, version),
-            latency=self._latency.labels(service, version),
-            queue_wait=self._queue_wait.labels(service, version),
-        )
+        metrics = self._versions.get((service, version))
+        if metrics is None:
+            metrics = self._versions[(service, version)] = VersionMetrics()
+        return metrics
 
     def count_unrouted(self, status: int) -> None:
-        child = self._unrouted_by_code.get(status)
-        if child is None:
-            child = self._unrouted_by_code[status] = self._unrouted.labels(str(status))
-        child.inc()
+        self._unrouted.count(status)
 
     def watch_pools(self, sample: Callable[[], Iterable[PoolSample]]) -> None:
         """Export pool state gauges by calling `sample` at scrape time."""

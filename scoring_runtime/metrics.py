@@ -1,34 +1,24 @@
 """Prometheus metrics for GET /metrics, in a registry of this process's own.
 
-Per-request work is two pre-resolved metric children; slot gauges are read from the
-slots only when scraped.
+Per-request work is a count and two histogram tallies, updated on the event loop's
+thread (scoring_runtime/tally.py); slot gauges are read from the slots only when scraped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from scoring_runtime.slots import ScoringSlots
+from scoring_runtime.tally import CountsByCode, HistogramTally
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
-
-
-# `_created` series double the page for nothing a scraper of replicas uses; this
-# process is ours, so the process-wide switch is ours too.
-disable_created_metrics()
 
 
 class _SlotCollector(Collector):
@@ -51,38 +41,42 @@ class _SlotCollector(Collector):
         )
 
 
-class RuntimeMetrics:
+class RuntimeMetrics(Collector):
+    """/score requests by status code, their latency and the time spent in run()."""
+
     def __init__(self, slots: ScoringSlots) -> None:
+        self._requests = CountsByCode()
+        self._latency = HistogramTally(_LATENCY_BUCKETS)
+        self._run_latency = HistogramTally(_LATENCY_BUCKETS)
         self.registry = CollectorRegistry()
-        self._requests = Counter(
-            "mlfe_runtime_score_requests",
-            "/score requests answered, by HTTP status code.",
-            ["code"],
-            registry=self.registry,
-        )
-        self._latency = Histogram(
-            "mlfe_runtime_score_duration_seconds",
-            "Time from a /score request's arrival to its response, waiting for a slot included.",
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self._run_latency = Histogram(
-            "mlfe_runtime_run_duration_seconds",
-            "Time spent in run().",
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self.registry.register(self)
         self.registry.register(_SlotCollector(slots))
-        self._by_code: dict[int, Counter] = {}
 
     def observe(self, status: int, seconds: float, run_ms: float | None) -> None:
-        child = self._by_code.get(status)
-        if child is None:
-            child = self._by_code[status] = self._requests.labels(code=str(status))
-        child.inc()
+        self._requests.count(status)
         self._latency.observe(seconds)
         if run_ms is not None:
             self._run_latency.observe(run_ms / 1000.0)
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        requests = CounterMetricFamily(
+            "mlfe_runtime_score_requests",
+            "/score requests answered, by HTTP status code.",
+            labels=["code"],
+        )
+        self._requests.add_to(requests, [])
+        yield requests
+        latency = HistogramMetricFamily(
+            "mlfe_runtime_score_duration_seconds",
+            "Time from a /score request's arrival to its response, waiting for a slot included.",
+        )
+        self._latency.add_to(latency, [])
+        yield latency
+        run_latency = HistogramMetricFamily(
+            "mlfe_runtime_run_duration_seconds", "Time spent in run()."
+        )
+        self._run_latency.add_to(run_latency, [])
+        yield run_latency
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

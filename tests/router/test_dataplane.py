@@ -450,6 +450,8 @@ async def test_metrics_count_requests_by_version_and_code(
     assert 'mlfe_requests_total{code="200",service="svc",version="a"} 1.0' in text
     assert 'mlfe_unrouted_requests_total{code="401"} 1.0' in text
     assert 'mlfe_replicas{service="svc",state="ready",version="a"} 1.0' in text
+    assert 'mlfe_request_duration_seconds_count{service="svc",version="a"} 1.0' in text
+    assert 'mlfe_queue_wait_seconds_bucket{le="0.001",service="svc",version="a"} 1.0' in text
 
 
 async def test_cors_preflight_reaches_the_replica_without_credentials(
