@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -76,3 +77,14 @@ async def test_requests_beyond_the_slots_wait_instead_of_failing(one_slot_short_
         )
     assert [response.status_code for response in responses] == [200] * 4
     assert all(response.json()["max_in_flight"] == 1 for response in responses)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+def test_run_executes_on_a_batch_thread_and_the_event_loop_keeps_the_default(
+    runtime_for,
+) -> None:
+    runtime = runtime_for("sched_probe.py", args=["--max-concurrent", "2"])
+    with runtime.client() as client:
+        answers = [client.post("/score", content=b"{}").json() for _ in range(3)]
+    # init() ran on the thread that runs the event loop afterwards.
+    assert answers == [{"init": "other", "run": "batch"}] * 3
