@@ -20,25 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from scoring_runtime.tally import CountsByCode, HistogramTally
-
-LATENCY_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
+from scoring_runtime.tally import LATENCY_BUCKETS, CountsByCode, HistogramTally
 
 # (service, version, in_flight, waiting, replicas by state)
 PoolSample = tuple[str, str, int, int, dict[str, int]]

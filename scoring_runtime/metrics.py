@@ -13,12 +13,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from scoring_runtime.slots import ScoringSlots
-from scoring_runtime.tally import CountsByCode, HistogramTally
+from scoring_runtime.tally import LATENCY_BUCKETS, CountsByCode, HistogramTally
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
-_LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-)  # fmt: skip
 
 
 class _SlotCollector(Collector):
@@ -46,8 +43,8 @@ class RuntimeMetrics(Collector):
 
     def __init__(self, slots: ScoringSlots) -> None:
         self._requests = CountsByCode()
-        self._latency = HistogramTally(_LATENCY_BUCKETS)
-        self._run_latency = HistogramTally(_LATENCY_BUCKETS)
+        self._latency = HistogramTally(LATENCY_BUCKETS)
+        self._run_latency = HistogramTally(LATENCY_BUCKETS)
         self.registry = CollectorRegistry()
         self.registry.register(self)
         self.registry.register(_SlotCollector(slots))

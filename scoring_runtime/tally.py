@@ -15,6 +15,11 @@ from collections.abc import Sequence
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+# Seconds: the router's and the runtime's latency histograms, from 1 ms to a minute.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
 
 class HistogramTally:
     """Bucket counts and a sum; `le` buckets as Prometheus defines them (value ≤ bound)."""
