@@ -25,6 +25,7 @@ from router.demand import DemandMeters
 from router.metrics import RouterMetrics
 from router.registry import Registry, ServiceSpec, VersionSpec
 from router.replicas import RegistryReplicaSink
+from tests.helpers.waiting import eventually
 from tests.kube import Cluster, start_cluster
 
 LEASE = "mlfe-autoscaler"
@@ -87,14 +88,6 @@ def leading(candidate: LeaderElector) -> Callable[[], bool]:
     return lambda: candidate.is_leader
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
-
-
 def read_lease(api: client.ApiClient) -> Json:
     """The Lease's spec as the API server holds it."""
     lease = api_call(client.CoordinationV1Api(api).read_namespaced_lease, LEASE, "default")
@@ -107,7 +100,7 @@ async def test_one_of_two_electors_leads_and_the_lease_names_it(api: client.ApiC
     await first.start()
     await second.start()
     try:
-        await wait_until(lambda: first.is_leader or second.is_leader, timeout=10)
+        await eventually(lambda: first.is_leader or second.is_leader, timeout=10)
         # Several renewal rounds later, still exactly one leader, and the same one.
         leader = first if first.is_leader else second
         for _ in range(10):
@@ -129,7 +122,7 @@ async def test_a_leader_that_stops_renewing_is_replaced_once_its_lease_expires(
     watcher = Watcher()
     first = elector(api, "router-a", watcher)
     await first.start()
-    await wait_until(lambda: first.is_leader, timeout=10)
+    await eventually(lambda: first.is_leader, timeout=10)
     second = elector(api, "router-b", watcher)
     await second.start()
     try:
@@ -139,7 +132,7 @@ async def test_a_leader_that_stops_renewing_is_replaced_once_its_lease_expires(
         # The leader dies: no release, no more renewals.
         last_renewal = first.last_renewal
         await first.close(release=False)
-        await wait_until(lambda: second.is_leader, timeout=LEASE_DURATION + 5)
+        await eventually(lambda: second.is_leader, timeout=LEASE_DURATION + 5)
 
         took_over_at = next(
             t for t, who, what in watcher.events if (who, what) == ("router-b", "start")
@@ -161,7 +154,7 @@ async def test_release_on_close_hands_over_without_waiting_for_expiry(
     # A long Lease: a handover faster than it proves the release did the work.
     first = elector(api, "router-a", watcher, lease_duration=30, renew_deadline=20)
     await first.start()
-    await wait_until(lambda: first.is_leader, timeout=10)
+    await eventually(lambda: first.is_leader, timeout=10)
     second = elector(api, "router-b", watcher, lease_duration=30, renew_deadline=20)
     await second.start()
     try:
@@ -170,7 +163,7 @@ async def test_release_on_close_hands_over_without_waiting_for_expiry(
         released_at = time.monotonic()
         await first.close()
         assert not first.is_leader
-        await wait_until(lambda: second.is_leader, timeout=20)
+        await eventually(lambda: second.is_leader, timeout=20)
         took_over_at = next(
             t for t, who, what in watcher.events if (who, what) == ("router-b", "start")
         )
@@ -194,12 +187,12 @@ async def test_a_leader_cut_off_from_the_api_server_stops_acting(
     only = elector(api, "router-a", watcher)
     await only.start()
     try:
-        await wait_until(lambda: only.is_leader, timeout=10)
+        await eventually(lambda: only.is_leader, timeout=10)
         # The API server is down for longer than the renew deadline.
         await cluster.restart_apiserver_async(downtime_s=RENEW_DEADLINE + 1)
         assert ("router-a", "stop") in [e[1:] for e in watcher.events]
         # Back up: nobody else holds the Lease, so it leads again.
-        await wait_until(lambda: only.is_leader, timeout=10)
+        await eventually(lambda: only.is_leader, timeout=10)
     finally:
         await only.close()
 
@@ -247,7 +240,7 @@ async def test_only_the_leaders_control_loop_scales_and_a_new_leader_takes_over(
 
     try:
         await leader_a.start()
-        await wait_until(lambda: leader_a.is_leader, timeout=10)
+        await eventually(lambda: leader_a.is_leader, timeout=10)
         await leader_b.start()
         await loop_a.deploy(key, template, scaling)
         await loop_b.deploy(key, template, scaling)
@@ -261,8 +254,8 @@ async def test_only_the_leaders_control_loop_scales_and_a_new_leader_takes_over(
         # Router A dies: its Lease expires, B leads and acts on its demand.
         await leader_a.close(release=False)
         await loop_a.close()
-        await wait_until(lambda: leader_b.is_leader, timeout=LEASE_DURATION + 5)
-        await wait_until(lambda: replicas() == 3, timeout=10)
+        await eventually(lambda: leader_b.is_leader, timeout=LEASE_DURATION + 5)
+        await eventually(lambda: replicas() == 3, timeout=10)
     finally:
         fault.clear()
         await loop_b.close()

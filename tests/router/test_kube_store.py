@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from kubernetes import client
 from autoscaler.backends.kube_api import Json, api_call
 from router.kube_store import RBAC_RULES, KubernetesStore, ServiceWatch, service_map_name
 from router.store import Conflict, NotFound, ServiceRecord, StoreError
+from tests.helpers.waiting import eventually
 from tests.kube import Cluster, start_cluster
 from tests.router.store_records import full_service, make_project, replica_urls_version
 
@@ -206,13 +206,6 @@ def test_an_unreachable_cluster_is_a_store_error(project: Path) -> None:
     store = KubernetesStore(client.ApiClient(configuration), NAMESPACE)
     with pytest.raises(StoreError, match="unreachable"):
         store.get_service("diabetes")
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_service_watch_tells_every_router_of_changes_but_not_of_replica_counts(

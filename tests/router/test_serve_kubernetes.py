@@ -18,7 +18,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from kubernetes import client
 from autoscaler.backends.kube_api import Json, api_call, api_text
 from router.serve_kubernetes import LEASE_NAME
 from tests.helpers.runtime_proc import start_runtime
+from tests.helpers.waiting import eventually
 from tests.kube import Cluster, Fault, start_cluster
 from tests.router.serve_process import pid_alive
 
@@ -179,13 +180,6 @@ async def routers(cluster: Cluster) -> AsyncIterator[Routers]:
             apps.delete_namespaced_deployment(item["metadata"]["name"], NAMESPACE)
         cluster.wait_for(lambda: not cluster.pod_processes(), timeout_s=30)
         api.close()
-
-
-async def eventually(check: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.1)
 
 
 def echo_service() -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,7 @@ from router.server import bind_tcp
 from router.services import ServiceManager
 from router.store import SqliteStore
 from tests.helpers.runtime_proc import RuntimeProcess, start_runtime
+from tests.helpers.waiting import eventually
 from tests.router.control_plane import serving
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -200,13 +201,6 @@ def static_body(name: str, urls: list[str], **deployment: Any) -> dict[str, Any]
         "inferenceConfig": {"replicaUrls": urls},
         "deploymentConfig": {"authEnabled": False, **deployment},
     }
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def pids_of(plane: Plane, name: str, count: int, sleep: float = 0.0) -> set[int]:

@@ -15,7 +15,6 @@ import shutil
 import socket
 import struct
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -31,6 +30,7 @@ from router.upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from tests.helpers.waiting import eventually
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -71,15 +71,6 @@ async def cancel_leftovers() -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for something the event loop will make true soon (a close to be noticed)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def read_all(response: UpstreamResponse) -> bytes:
@@ -306,7 +297,7 @@ async def test_concurrent_requests_open_several_connections() -> None:
         assert [r.body for r in responses] == [b"slept"] * 4
         assert app.connections == 4
         # Only max_idle of them are kept for later.
-        await until(lambda: pool.open_count == 2)
+        await eventually(lambda: pool.open_count == 2)
         assert pool.idle_count == 2
         await pool.close()
 
@@ -317,7 +308,7 @@ async def test_idle_connection_closed_by_the_replica_is_replaced_without_error()
     async with UvicornPeer(app, timeout_keep_alive=0.2) as peer:
         pool = UpstreamPool(peer.address)
         await pool.request(b"GET", b"/echo", [], b"", 5.0)
-        await until(lambda: pool.open_count == 0)  # uvicorn closed it; the pool noticed
+        await eventually(lambda: pool.open_count == 0)  # uvicorn closed it; the pool noticed
         response = await pool.request(b"GET", b"/echo", [], b"", 5.0)
         assert response.status == 200
         assert app.connections == 2
@@ -333,7 +324,7 @@ async def test_replica_closing_after_an_answer_without_saying_so_is_survived() -
     async with RawPeer(answer_once) as peer:
         pool = UpstreamPool(peer.address)
         assert (await pool.request(b"GET", b"/", [], b"", 5.0)).body == b"ok"
-        await until(lambda: pool.idle_count == 0)
+        await eventually(lambda: pool.idle_count == 0)
         assert (await pool.request(b"GET", b"/", [], b"", 5.0)).body == b"ok"
         assert peer.connections == 2
 
@@ -475,7 +466,7 @@ async def test_on_done_runs_once_the_replica_has_sent_everything() -> None:
         assert await response.read() == b"chunk0;"
         assert done == []
         app.gate.put_nowait(None)
-        await until(lambda: done == [1])  # the last chunk arrived, unread by the caller
+        await eventually(lambda: done == [1])  # the last chunk arrived, unread by the caller
         assert await read_all(response) == b"chunk1;"
         assert done == [1]
         await pool.close()
@@ -526,7 +517,7 @@ async def test_a_close_delimited_body_ends_with_the_connection() -> None:
         response = await pool.request(b"GET", b"/", [], b"", 5.0)
         assert await read_all(response) == b"hello world"
         assert header(response, b"content-type") == b"text/plain"
-        await until(lambda: pool.open_count == 0)
+        await eventually(lambda: pool.open_count == 0)
 
 
 @on_both_loops
@@ -633,7 +624,7 @@ async def test_timeout_raises_and_the_connection_is_not_reused() -> None:
         with pytest.raises(UpstreamTimeout):
             await pool.request(b"GET", b"/sleep?10", [], b"", 0.3)
         assert pool.idle_count == 0
-        await until(lambda: pool.open_count == 0)
+        await eventually(lambda: pool.open_count == 0)
         await asyncio.wait_for(app.disconnected.wait(), 5.0)  # the replica saw it go
         assert (await pool.request(b"GET", b"/echo", [], b"", 5.0)).status == 200
         assert app.connections == 2
@@ -651,7 +642,7 @@ async def test_timeout_while_the_body_streams_raises_from_read() -> None:
         with pytest.raises(UpstreamTimeout):
             await response.read()
         await asyncio.wait_for(app.disconnected.wait(), 5.0)
-        await until(lambda: pool.open_count == 0)
+        await eventually(lambda: pool.open_count == 0)
 
 
 @pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
@@ -676,7 +667,7 @@ def test_replica_dying_after_reading_the_request_is_connection_lost(
                 await pool.request(b"POST", b"/score", [], b"{}", 5.0)
             with pytest.raises(ConnectionLost):
                 await pool.request(b"POST", b"/score", [], b"{}", 5.0)
-            await until(lambda: pool.open_count == 0)
+            await eventually(lambda: pool.open_count == 0)
 
     on_both_loops(scenario)(loop_name)
 
@@ -719,7 +710,7 @@ async def test_an_invalid_response_is_connection_lost() -> None:
         pool = UpstreamPool(peer.address)
         with pytest.raises(ConnectionLost):
             await pool.request(b"GET", b"/", [], b"", 5.0)
-        await until(lambda: pool.open_count == 0)
+        await eventually(lambda: pool.open_count == 0)
 
 
 @pytest.mark.parametrize("pause", [False, True], ids=["same-packet", "later"])
@@ -741,7 +732,7 @@ def test_bytes_after_an_answer_keep_the_answer_but_not_the_connection(
         async with RawPeer(chatty) as peer:
             pool = UpstreamPool(peer.address)
             assert (await pool.request(b"GET", b"/", [], b"", 5.0)).body == b"ok"
-            await until(lambda: pool.open_count == 0)
+            await eventually(lambda: pool.open_count == 0)
             assert (await pool.request(b"GET", b"/", [], b"", 5.0)).body == b"ok"
             assert peer.connections == 2
             await pool.close()
@@ -757,7 +748,7 @@ async def test_abandon_closes_the_connection() -> None:
         response = await pool.request(b"GET", b"/stall", [], b"", 5.0)
         response.abandon()
         await asyncio.wait_for(app.disconnected.wait(), 5.0)
-        await until(lambda: pool.open_count == 0)
+        await eventually(lambda: pool.open_count == 0)
         with pytest.raises(ConnectionLost):
             await response.read()
 
@@ -768,12 +759,12 @@ async def test_a_cancelled_request_closes_its_connection() -> None:
     async with UvicornPeer(app) as peer:
         pool = UpstreamPool(peer.address)
         task = asyncio.ensure_future(pool.request(b"GET", b"/sleep?10", [], b"", 5.0))
-        await until(lambda: len(app.requests) == 1)
+        await eventually(lambda: len(app.requests) == 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         await asyncio.wait_for(app.disconnected.wait(), 5.0)
-        await until(lambda: pool.open_count == 0)
+        await eventually(lambda: pool.open_count == 0)
 
 
 @on_both_loops
@@ -784,10 +775,10 @@ async def test_close_closes_idle_connections_now_and_busy_ones_when_done() -> No
         await asyncio.gather(*(pool.request(b"GET", b"/echo", [], b"", 5.0) for _ in range(2)))
         streaming = await pool.request(b"GET", b"/chunks?1", [], b"", 5.0)
         await pool.close()
-        await until(lambda: pool.open_count == 1)  # only the busy one is left
+        await eventually(lambda: pool.open_count == 1)  # only the busy one is left
         app.gate.put_nowait(None)
         assert await read_all(streaming) == b"chunk0;"
-        await until(lambda: pool.open_count == 0)
+        await eventually(lambda: pool.open_count == 0)
         with pytest.raises(NotDelivered):
             await pool.request(b"GET", b"/echo", [], b"", 5.0)
 

@@ -12,7 +12,6 @@ import asyncio
 import shutil
 import tempfile
 import textwrap
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from router.metrics import RouterMetrics
 from router.registry import Registry, ServiceSpec, VersionSpec
 from router.replicas import RegistryReplicaSink
 from router.server import bind_tcp, uvicorn_server
+from tests.helpers.waiting import eventually
 from tests.kube import Cluster, start_cluster
 
 NAMESPACE = "default"
@@ -190,14 +190,6 @@ def template(project: Path, **settings: object) -> ReplicaTemplate:
         source_dir=str(project),
         **settings,  # type: ignore[arg-type]
     )
-
-
-async def eventually(condition: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 def state(backend: KubernetesBackend, key: DeploymentKey) -> DeploymentState:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from router.metrics import RouterMetrics
 from router.registry import Registry, ServiceSpec, VersionSpec
 from router.replicas import RegistryReplicaSink
 from router.server import bind_tcp, uvicorn_server
+from tests.helpers.waiting import eventually
 
 SCRIPTS = Path(__file__).parent.parent / "scripts"
 SLEEPY = SCRIPTS / "sleepy_score.py"
@@ -136,14 +137,6 @@ def group_gone(pgid: int) -> bool:
         if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             return False
     return True
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_load_step_adds_replicas_that_serve_and_drop_removes_them(setup: Setup) -> None:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,6 +12,7 @@ from autoscaler.backends.static import StaticBackend, StaticReplica
 from router.metrics import RouterMetrics
 from router.registry import Registry, ServiceSpec, VersionSpec
 from router.replicas import RegistryReplicaSink
+from tests.helpers.waiting import eventually
 
 KEY = DeploymentKey("svc", "v1")
 
@@ -80,14 +80,6 @@ def registry() -> Registry:
 def in_rotation(registry: Registry) -> set[str]:
     pool = registry.deployment("svc", "v1").pool
     return {r.id for r in pool.replicas if not r.draining}
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_unhealthy_replicas_leave_rotation_and_come_back(
