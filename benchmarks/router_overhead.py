@@ -82,12 +82,10 @@ http {{
 """
 
 
-async def serve_router(
-    port: int, replica: str, http: str = "single-write", slots: int = SLOTS
-) -> None:
+async def serve_router(port: int, replica: str, http: str = "mlfe", slots: int = SLOTS) -> None:
     """The router process: mlfe's app with one service of two versions on `replica`.
 
-    `http="httptools"` swaps in uvicorn's own protocol (benchmarks/single_write.py)."""
+    `http="httptools"` swaps in uvicorn's own protocol (benchmarks/http_protocol.py)."""
     from router.app import create_app
     from router.metrics import RouterMetrics
     from router.registry import Registry, ServiceSpec, VersionSpec
@@ -157,7 +155,7 @@ def replica_spec(replica: ReplicaAddress, slots: int = SLOTS) -> ServerSpec:
 def router_spec(
     port: int,
     replica: ReplicaAddress,
-    http: str = "single-write",
+    http: str = "mlfe",
     name: str = "mlfe",
     slots: int = SLOTS,
 ) -> ServerSpec:

@@ -7,7 +7,7 @@ from typing import Any
 
 import uvicorn
 
-from scoring_runtime.http_protocol import SingleWriteHttpProtocol
+from scoring_runtime.http_protocol import HttpProtocol
 
 # Clients of a scoring service keep connections open between bursts of load.
 KEEP_ALIVE_SECONDS = 75
@@ -19,7 +19,7 @@ def uvicorn_server(app: Any, *, log_level: str = "warning") -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         loop="none",  # the caller's loop (uvloop when run through `run`)
-        http=SingleWriteHttpProtocol,
+        http=HttpProtocol,
         lifespan="off",
         access_log=False,
         # Nothing in mlfe reads the client address, so skip X-Forwarded-For parsing.

@@ -1,80 +1,72 @@
-"""uvicorn's httptools protocol, sending each response in one write instead of two.
+"""mlfe's HTTP/1.1 server protocol: what uvicorn runs for each connection of the router
+and of the scoring runtime (`uvicorn.Config(http=HttpProtocol)`).
 
-An ASGI app sends a response as `http.response.start` and `http.response.body`, and
-uvicorn writes each to the socket as it comes: two syscalls, two packets, and on loopback
-two wake-ups of the client, for a response of a few hundred bytes
-(benchmarks/single_write.py measures the router both ways). Here the
-protocol's transport holds what is written during one step of the event loop and writes
-it at once: when the response completes, or at the next turn of the loop for a response
-still streaming. The router and the scoring runtime both serve through it.
+uvicorn still owns the sockets, signals and graceful shutdown; this replaces only its
+httptools protocol, which is the per-request hot path. Serving a no-op app to 32 loopback
+connections, uvicorn's protocol cost about 19 µs of CPU per request and this one about
+13 (benchmarks/http_protocol.py measures the router both ways). Per request uvicorn's made
+an `asyncio.Event`, a `RequestResponseCycle` of eleven arguments, a keep-alive timer and
+a done callback, and ran two regex searches per response header. Here a request costs
+one `_Exchange`, its task, and a future only when `receive()` must wait; the keep-alive
+timer is one per connection, re-armed when it fires; response headers are checked with
+two searches in all. Behaviour is uvicorn's (tests/scoring_runtime/
+test_http_server_conformance.py pins it through real sockets).
 
-It also puts a `DisconnectSignal` in each request's `scope["extensions"]`, so an app
-can hear of a client hanging up without keeping a receive() call parked to find out.
+A response's head is held until its first body message so both go out in one write
+(on loopback each write wakes the client), or at the next turn of the loop if the body
+is slow to come. Each request's scope carries a `DisconnectSignal`, so an app can hear of
+a client hanging up without keeping a receive() call parked to find out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http
+import logging
+import re
+from collections import deque
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+from uvicorn.server import ServerState
 
-__all__ = ["CLIENT_DISCONNECT", "DisconnectSignal", "SingleWriteHttpProtocol"]
+__all__ = ["CLIENT_DISCONNECT", "DisconnectSignal", "HttpProtocol"]
 
 CLIENT_DISCONNECT = "mlfe.client_disconnect"
 
-# Above this, buffers go out with writelines() rather than being copied into one.
+# Request body buffered and not yet received by the app, above which reading pauses.
+HIGH_WATER = 64 * 1024
+# Above this, a held head and its body go out with writelines() rather than joined.
 JOIN_LIMIT = 64 * 1024
 
+# RFC 9110 §5.1 token characters only in names; no control characters (so no CR/LF
+# response splitting) in values.
+_INVALID_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
+_INVALID_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+_NO_BODY_STATUS = frozenset((204, 304))
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_SERVER_ERROR_HEADERS = [
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-length", b"21"),
+    (b"connection", b"close"),
+]
 
-class _CoalescingTransport:
-    """A transport that defers writes to the end of the current event-loop step."""
+logger = logging.getLogger("uvicorn.error")
 
-    __slots__ = ("_loop", "_pending", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] | None = None
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
 
-    def write(self, data: bytes) -> None:
-        pending = self._pending
-        if pending is None:
-            self._pending = [data]
-            self._loop.call_soon(self.flush)
-        else:
-            pending.append(data)
 
-    def flush(self) -> None:
-        pending = self._pending
-        if pending is None:
-            return
-        self._pending = None
-        transport = self._transport
-        if transport.is_closing():
-            return  # the client is gone; uvicorn has seen connection_lost
-        if len(pending) == 1:
-            transport.write(pending[0])
-        elif sum(map(len, pending)) <= JOIN_LIMIT:
-            transport.write(b"".join(pending))
-        else:
-            transport.writelines(pending)
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending = None
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        # The rest of the transport interface (pause_reading, get_extra_info, ...).
-        return getattr(self._transport, name)
+STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
 
 
 class DisconnectSignal:
@@ -111,27 +103,460 @@ class DisconnectSignal:
             on_gone()
 
 
-class SingleWriteHttpProtocol(HttpToolsProtocol):
-    """Pass as `uvicorn.Config(http=...)`; everything else is uvicorn's httptools protocol."""
+class HttpProtocol(asyncio.Protocol):
+    """One client connection: requests parsed by httptools, each served by the ASGI app
+    in its own task, one at a time (pipelined requests wait their turn)."""
 
-    transport: Any
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.root_path: str = config.root_path
+        self.keep_alive_timeout: float = config.timeout_keep_alive
+        self.app_state = app_state
+        self.server_state = server_state
+        self.tasks = server_state.tasks
+        self.parser = httptools.HttpRequestParser(self)
+        # Answer the first of pipelined requests even if the client closes after sending.
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.server: tuple[str, int | None] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme = "http"
+        self.signal = DisconnectSignal()
+        self.closed = False
+        self.read_paused = False
+        self.write_paused = False
+        self.drained: asyncio.Future[None] | None = None
+        self.last_active = 0.0
+        self.keep_alive_timer: asyncio.TimerHandle | None = None
+        # The exchange whose response is being produced, and those parsed behind it.
+        self.active: _Exchange | None = None
+        self.pipeline: deque[_Exchange] = deque()
+        # The request being parsed: its URL, headers and, once they are in, exchange.
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.expect_continue = False
+        self.incoming: _Exchange | None = None
+
+    # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # One signal per connection: uvicorn serves its requests one at a time.
-        self._disconnect = DisconnectSignal()
-        coalescing = _CoalescingTransport(transport, self.loop)  # type: ignore[arg-type]
-        super().connection_made(coalescing)  # type: ignore[arg-type]
+        self.transport = transport  # type: ignore[assignment]
+        self.server_state.connections.add(self)  # type: ignore[arg-type]
+        self.server = get_local_addr(self.transport)
+        self.client = get_remote_addr(self.transport)
+        self.scheme = "https" if is_ssl(self.transport) else "http"
+        self.last_active = self.loop.time()
+        self.keep_alive_timer = self.loop.call_later(
+            self.keep_alive_timeout, self._check_keep_alive
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._disconnect.fire()
+        self.closed = True
+        self.server_state.connections.discard(self)
+        if self.keep_alive_timer is not None:
+            self.keep_alive_timer.cancel()
+            self.keep_alive_timer = None
+        exchange = self.active
+        if exchange is not None:
+            if not exchange.response_complete:
+                exchange.disconnected = True
+            exchange.wake()
+        drained = self.drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+        self.signal.fire()
+
+    def eof_received(self) -> None:
+        pass  # the transport closes; connection_lost tells the app
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        drained = self.drained
+        if drained is not None:
+            self.drained = None
+            if not drained.done():
+                drained.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # no protocol switch offered: the request is served as plain HTTP
+        except httptools.HttpParserError:
+            logger.warning("Invalid HTTP request received.")
+            self._send_400("Invalid HTTP request received.")
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.expect_continue = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        # Before uvicorn hands the scope to the app's task.
-        self.scope["extensions"] = {CLIENT_DISCONNECT: self._disconnect}  # type: ignore[dict-item]
-        super().on_headers_complete()
+        parser = self.parser
+        url = self.url
+        if url[:1] == b"/" and b"?" not in url and b"%" not in url and b"#" not in url:
+            raw_path, query = url, b""
+            path = url.decode("ascii")
+        else:
+            parsed = httptools.parse_url(url)
+            raw_path, query = parsed.path, parsed.query or b""
+            path = raw_path.decode("ascii")
+            if "%" in path:
+                path = unquote(path)
+        http_version = parser.get_http_version()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": http_version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": parser.get_method().decode("ascii"),
+            "root_path": self.root_path,
+            "path": self.root_path + path,
+            "raw_path": self.root_path.encode("ascii") + raw_path,
+            "query_string": query,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+            "extensions": {CLIENT_DISCONNECT: self.signal},
+        }
+        keep_alive = http_version != "1.0" and parser.should_keep_alive()
+        exchange = _Exchange(self, scope, keep_alive, self.expect_continue)
+        self.incoming = exchange
+        if self.active is None:
+            self._start(exchange)
+        else:
+            self.pipeline.append(exchange)
+            self._pause_reading()
 
-    def on_response_complete(self) -> None:
-        # Out now rather than at the next turn of the loop: the client is waiting.
-        self.transport.flush()
-        super().on_response_complete()
+    def on_body(self, body: bytes) -> None:
+        exchange = self.incoming
+        if exchange is None or exchange.response_complete:
+            return
+        exchange.chunks.append(body)
+        exchange.buffered += len(body)
+        if exchange.buffered > HIGH_WATER:
+            self._pause_reading()
+        exchange.wake()
+
+    def on_message_complete(self) -> None:
+        exchange = self.incoming
+        if exchange is None or exchange.response_complete:
+            return
+        exchange.more_body = False
+        exchange.wake()
+
+    # Called by uvicorn's server
+
+    def shutdown(self) -> None:
+        """Close now if idle, else after the response in progress."""
+        if self.active is None:
+            self.transport.close()
+        else:
+            self.active.keep_alive = False
+            self.pipeline.clear()
+
+    # Internals
+
+    def _start(self, exchange: _Exchange) -> None:
+        self.active = exchange
+        task = self.loop.create_task(exchange.run(self.app))
+        exchange.task = task
+        self.tasks.add(task)
+
+    def response_done(self, exchange: _Exchange) -> None:
+        """The exchange's response is out: start the next pipelined request, if any."""
+        self.server_state.total_requests += 1
+        self.active = None
+        if self.closed or self.transport.is_closing():
+            return
+        self.last_active = self.loop.time()
+        if self.pipeline:
+            self._start(self.pipeline.popleft())
+        self._resume_reading()
+
+    def _check_keep_alive(self) -> None:
+        """Close a connection idle for the keep-alive timeout; one timer per connection,
+        re-armed for what is left of the timeout whenever it finds the connection used."""
+        self.keep_alive_timer = None
+        if self.closed:
+            return
+        timeout = self.keep_alive_timeout
+        if self.active is not None:
+            remaining = timeout
+        else:
+            remaining = self.last_active + timeout - self.loop.time()
+            if remaining <= 0:
+                self.transport.close()
+                return
+        self.keep_alive_timer = self.loop.call_later(remaining, self._check_keep_alive)
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.read_paused and not self.pipeline:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark."""
+        if self.drained is None:
+            self.drained = self.loop.create_future()
+        await self.drained
+
+    def _send_400(self, message: str) -> None:
+        body = message.encode("ascii")
+        self.transport.write(
+            b"".join(
+                (
+                    STATUS_LINES[400],
+                    b"content-type: text/plain; charset=utf-8\r\n",
+                    b"content-length: %d\r\n" % len(body),
+                    b"connection: close\r\n\r\n",
+                    body,
+                )
+            )
+        )
+        self.transport.close()
+
+
+class _Exchange:
+    """One request and its response: the app's `receive` and `send`."""
+
+    __slots__ = (
+        "buffered",
+        "chunked",
+        "chunks",
+        "conn",
+        "delivered",
+        "disconnected",
+        "expect_continue",
+        "head",
+        "held",
+        "keep_alive",
+        "more_body",
+        "remaining",
+        "response_complete",
+        "response_started",
+        "scope",
+        "task",
+        "waiter",
+    )
+
+    def __init__(
+        self, conn: HttpProtocol, scope: dict[str, Any], keep_alive: bool, expect_continue: bool
+    ) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.head = scope["method"] == "HEAD"
+        self.task: asyncio.Task[None] | None = None
+        # Request body.
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.more_body = True
+        self.delivered = False  # the last of the body went to the app
+        self.waiter: asyncio.Future[None] | None = None
+        # Response.
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.chunked = False
+        self.remaining = 0  # content-length bytes not yet sent
+        self.held: bytes | None = None  # the head, until its first body message
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def run(self, app: Any) -> None:
+        try:
+            result = await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not self.response_started:
+                await self._send_500()
+            else:
+                self._close()
+        else:
+            if result is not None:
+                logger.error("ASGI callable should return None, but returned '%s'.", result)
+                self._close()
+            elif not self.response_started and not self.disconnected:
+                logger.error("ASGI callable returned without starting response.")
+                await self._send_500()
+            elif not self.response_complete and not self.disconnected:
+                logger.error("ASGI callable returned without completing response.")
+                self._close()
+        finally:
+            self.conn.tasks.discard(self.task)
+            if not self.response_complete and self.conn.active is self:
+                self.conn.active = None
+
+    async def receive(self) -> dict[str, Any]:
+        conn = self.conn
+        if self.expect_continue and not conn.transport.is_closing():
+            conn.transport.write(_CONTINUE)
+        self.expect_continue = False
+        while not (self.disconnected or self.response_complete):
+            if self.chunks or (not self.more_body and not self.delivered):
+                body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+                self.chunks = []
+                self.buffered = 0
+                self.delivered = not self.more_body
+                return {"type": "http.request", "body": body, "more_body": self.more_body}
+            if conn.incoming is self:
+                conn._resume_reading()
+            waiter = self.waiter = conn.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        conn = self.conn
+        if conn.write_paused and not self.disconnected:
+            await conn.drain()
+        if self.disconnected:
+            return
+        kind = message["type"]
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(
+                    f"Expected ASGI message 'http.response.start', but got '{kind}'."
+                )
+            headers = message.get("headers", ())
+            defaults = conn.server_state.default_headers  # Date and Server, when configured
+            if defaults:
+                headers = [*defaults, *headers]
+            self._start_response(message["status"], headers)
+            conn.loop.call_soon(self._flush_held)
+        elif not self.response_complete:
+            if kind != "http.response.body":
+                raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
+            self._send_body(message.get("body", b""), message.get("more_body", False))
+        else:
+            raise RuntimeError(
+                f"Unexpected ASGI message '{kind}' sent, after response already completed."
+            )
+
+    def _start_response(self, status: int, headers: Any) -> None:
+        self.response_started = True
+        self.expect_continue = False
+        head = [STATUS_LINES.get(status) or _status_line(status)]
+        names = []
+        values = []
+        length: bytes | None = None
+        chunked = close = False
+        for name, value in headers:
+            names.append(name)
+            values.append(value)
+            name = name.lower()
+            if name == b"content-length" and length is None and not chunked:
+                length = value
+            elif name == b"transfer-encoding" and length is None and value.lower() == b"chunked":
+                chunked = True
+            elif name == b"connection" and b"close" in [
+                token.strip() for token in value.lower().split(b",")
+            ]:
+                close = True
+            head += (name, b": ", value, b"\r\n")
+        if _INVALID_NAME.search(b"".join(names)) or b"" in names:
+            raise RuntimeError("Invalid HTTP header name.")
+        if _INVALID_VALUE.search(b"".join(values)):
+            raise RuntimeError("Invalid HTTP header value.")
+        if close:
+            self.keep_alive = False
+        elif not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        if length is not None:
+            self.remaining = int(length.decode())
+        elif not chunked and not self.head and status not in _NO_BODY_STATUS:
+            chunked = True
+            head.append(b"transfer-encoding: chunked\r\n")
+        self.chunked = chunked
+        head.append(b"\r\n")
+        self.held = b"".join(head)
+
+    def _send_body(self, body: bytes, more_body: bool) -> None:
+        if self.head:
+            self.remaining = 0
+            data = b""
+        elif self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more_body:
+                data += b"0\r\n\r\n"
+        else:
+            if len(body) > self.remaining:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.remaining -= len(body)
+            data = body
+        self._write(data)
+        if not more_body:
+            if self.remaining != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.wake()
+            if not self.keep_alive:
+                self.conn.transport.close()
+            self.conn.response_done(self)
+
+    def _write(self, data: bytes) -> None:
+        held = self.held
+        transport = self.conn.transport
+        if held is None:
+            if data:
+                transport.write(data)
+            return
+        self.held = None
+        if len(data) <= JOIN_LIMIT:
+            transport.write(held + data)
+        else:
+            transport.writelines((held, data))
+
+    def _flush_held(self) -> None:
+        """The head is still held at the next turn of the loop: the body is slow to come."""
+        if self.held is not None and not self.conn.transport.is_closing():
+            self._write(b"")
+
+    def _close(self) -> None:
+        self._flush_held()
+        self.conn.transport.close()
+
+    async def _send_500(self) -> None:
+        await self.send(
+            {"type": "http.response.start", "status": 500, "headers": _SERVER_ERROR_HEADERS}
+        )
+        await self.send({"type": "http.response.body", "body": b"Internal Server Error"})

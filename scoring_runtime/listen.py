@@ -20,7 +20,7 @@ from typing import Any
 
 import uvicorn
 
-from scoring_runtime.http_protocol import SingleWriteHttpProtocol
+from scoring_runtime.http_protocol import HttpProtocol
 
 # Longer than any client pool's idle timeout, so the server is never the side that
 # closes a connection a client is about to reuse.
@@ -96,7 +96,7 @@ def serve(
     config = uvicorn.Config(
         app,
         loop=_pick("uvloop", "uvloop", "asyncio"),
-        http=SingleWriteHttpProtocol,
+        http=HttpProtocol,
         ws="none",
         lifespan="off",
         access_log=False,

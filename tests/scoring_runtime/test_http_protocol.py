@@ -1,5 +1,6 @@
-"""The single-write protocol: one socket write per response, streaming still streams, and
-apps hear of a client hanging up through the disconnect signal."""
+"""mlfe's HTTP protocol: one socket write per response, streaming still streams, and apps
+hear of a client hanging up through the disconnect signal. Behaviour shared with any
+correct HTTP/1.1 server is pinned in test_http_server_conformance.py."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.server import ServerState
 
 from scoring_runtime.http_protocol import (
     CLIENT_DISCONNECT,
     JOIN_LIMIT,
     DisconnectSignal,
-    SingleWriteHttpProtocol,
-    _CoalescingTransport,
+    HttpProtocol,
 )
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -48,57 +49,71 @@ class RecordingTransport(asyncio.Transport):
         return "extra" if name == "peername" else default
 
 
-async def test_writes_within_one_step_go_out_together_at_the_next_turn() -> None:
-    real = RecordingTransport()
-    transport = _CoalescingTransport(real, asyncio.get_running_loop())
-    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
-    transport.write(b"body")
-    assert real.writes == []
-    await asyncio.sleep(0)
-    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
-    transport.write(b"more")
-    await asyncio.sleep(0)
-    assert real.writes[1:] == [b"more"]
+def protocol_on(transport: RecordingTransport, app: App) -> HttpProtocol:
+    config = uvicorn.Config(app, http=HttpProtocol, lifespan="off", log_level="warning")
+    protocol = HttpProtocol(config=config, server_state=ServerState(), app_state={})
+    protocol.connection_made(transport)
+    return protocol
 
 
-async def test_flush_close_and_abort() -> None:
-    real = RecordingTransport()
-    transport = _CoalescingTransport(real, asyncio.get_running_loop())
-    transport.write(b"a")
-    transport.flush()
-    assert real.writes == [b"a"]
-    transport.write(b"b")
-    transport.close()  # what was written still goes out before the close
-    assert real.writes == [b"a", b"b"] and real.closed
-    await asyncio.sleep(0)
-    assert real.writes == [b"a", b"b"]  # the scheduled flush finds nothing left
-
-    aborted = RecordingTransport()
-    transport = _CoalescingTransport(aborted, asyncio.get_running_loop())
-    transport.write(b"lost")
-    transport.abort()
-    await asyncio.sleep(0)
-    assert aborted.writes == [] and aborted.aborted
-    assert transport.get_extra_info("peername") == "extra"
+async def respond(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await receive()
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    )
+    await send({"type": "http.response.body", "body": b"ok"})
 
 
-async def test_nothing_is_written_to_a_closing_transport() -> None:
-    real = RecordingTransport()
-    transport = _CoalescingTransport(real, asyncio.get_running_loop())
-    transport.write(b"late")
-    real.aborted = True  # the connection was lost in the meantime
-    await asyncio.sleep(0)
-    assert real.writes == []
+async def test_head_and_body_go_out_in_one_write() -> None:
+    transport = RecordingTransport()
+    protocol = protocol_on(transport, respond)
+    protocol.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    await asyncio.sleep(0.01)
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
 
 
-async def test_large_buffers_are_not_copied_into_one() -> None:
-    real = RecordingTransport()
-    transport = _CoalescingTransport(real, asyncio.get_running_loop())
+async def test_a_head_whose_body_is_slow_goes_out_at_the_next_turn() -> None:
+    body_may_come = asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await body_may_come.wait()
+        await send({"type": "http.response.body", "body": b"late"})
+
+    transport = RecordingTransport()
+    protocol = protocol_on(transport, slow)
+    protocol.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    await asyncio.sleep(0.01)
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"]
+    body_may_come.set()
+    await asyncio.sleep(0.01)
+    assert transport.writes[1:] == [b"4\r\nlate\r\n0\r\n\r\n"]
+
+
+async def test_a_large_body_is_not_copied_into_the_head() -> None:
     big = b"x" * (JOIN_LIMIT + 1)
-    transport.write(b"head")
-    transport.write(big)
-    transport.flush()
-    assert real.writes == [b"head|" + big]
+
+    async def large(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"content-length", str(len(big)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": big})
+
+    transport = RecordingTransport()
+    protocol = protocol_on(transport, large)
+    protocol.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    await asyncio.sleep(0.01)
+    head = f"HTTP/1.1 200 OK\r\ncontent-length: {len(big)}\r\n\r\n".encode()
+    assert transport.writes == [head + b"|" + big]
+
+
+async def test_nothing_is_written_once_the_client_is_gone() -> None:
+    transport = RecordingTransport()
+    protocol = protocol_on(transport, respond)
+    protocol.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    transport.aborted = True
+    protocol.connection_lost(None)  # before the app's task ran
+    await asyncio.sleep(0.01)
+    assert transport.writes == []
 
 
 @pytest.fixture
@@ -110,9 +125,7 @@ async def serve() -> AsyncIterator[Callable[[App], Awaitable[int]]]:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         sock.listen()
-        config = uvicorn.Config(
-            app, http=SingleWriteHttpProtocol, lifespan="off", log_level="warning"
-        )
+        config = uvicorn.Config(app, http=HttpProtocol, lifespan="off", log_level="warning")
         server = uvicorn.Server(config)
         servers.append(server)
         tasks.append(asyncio.create_task(server.serve(sockets=[sock])))

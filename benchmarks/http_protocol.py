@@ -1,15 +1,15 @@
-"""What sending each response in one write saves: mlfe's router on uvicorn's own httptools
-protocol against the same router on `scoring_runtime.http_protocol`, in one run.
+"""What mlfe's own HTTP protocol saves: mlfe's router on uvicorn's httptools protocol
+against the same router on `scoring_runtime.http_protocol`, in one run.
 
-    .venv/bin/python benchmarks/single_write.py [--duration 10] [--rounds 5]
+    .venv/bin/python benchmarks/http_protocol.py [--duration 10] [--rounds 5]
 
 Both routers serve the same service (key auth, two versions split 90/10, metrics on) in
 front of one `python -m scoring_runtime` replica on loopback TCP, which runs the
-single-write protocol in both cases; only the router's protocol differs. The same
+mlfe's protocol in both cases; only the router's protocol differs. The same
 closed-loop load of 32 connections (benchmarks/loadgen.py) alternates between the two
 routers, round after round, so drift on a shared machine hits both. Reported: requests/s
 and the router's CPU per request (from /proc), the median round of each, and their ratios.
-Results are printed and written to benchmarks/results/single_write.json.
+Results are printed and written to benchmarks/results/http_protocol.json.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from benchmarks.router_overhead import (  # noqa: E402
     router_spec,
 )
 
-RESULT_FILE = ROOT / "benchmarks" / "results" / "single_write.json"
-PROTOCOLS = ("httptools", "single-write")
+RESULT_FILE = ROOT / "benchmarks" / "results" / "http_protocol.json"
+PROTOCOLS = ("httptools", "mlfe")
 
 
 async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -57,11 +57,9 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             running(
                 router_spec(ports["httptools"], replica, "httptools", "httptools"), workdir
             ) as stock,
-            running(
-                router_spec(ports["single-write"], replica, "single-write", "single"), workdir
-            ) as single,
+            running(router_spec(ports["mlfe"], replica, "mlfe", "mlfe"), workdir) as own,
         ):
-            routers = {"httptools": stock, "single-write": single}
+            routers = {"httptools": stock, "mlfe": own}
             for round_no in range(args.rounds):
                 for name, router in routers.items():
                     url = f"http://127.0.0.1:{ports[name]}/api/v1/service/bench/score"
@@ -87,16 +85,16 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         }
         for name, runs in rounds.items()
     }
-    before, after = summary["httptools"], summary["single-write"]
+    before, after = summary["httptools"], summary["mlfe"]
     return {
-        "benchmark": "single_write",
-        "command": "python benchmarks/single_write.py " + " ".join(args.argv),
+        "benchmark": "http_protocol",
+        "command": "python benchmarks/http_protocol.py " + " ".join(args.argv),
         "machine": machine_info(),
         "connections": 32,
         "duration_s": args.duration,
         "rounds": rounds,
         "median": summary,
-        "single_write_over_httptools": {
+        "mlfe_over_httptools": {
             "rps": round(after["rps"] / before["rps"], 3),
             "router_cpu_us_per_request": round(
                 after["router_cpu_us_per_request"] / before["router_cpu_us_per_request"], 3
@@ -122,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_report(args.output, report)
     for name, figures in report["median"].items():
         print(f"{name:<12} {figures}")
-    print(f"single-write / httptools: {report['single_write_over_httptools']}")
+    print(f"mlfe / httptools: {report['mlfe_over_httptools']}")
     print(f"wrote {args.output}")
     return 0
 
