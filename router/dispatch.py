@@ -51,14 +51,16 @@ class Replica(Generic[T]):
 
 class _Waiter:
     """A queued request: the future its slot arrives on, replicas it must not get, and
-    the timer that ends its wait."""
+    the loop time its wait ends."""
 
-    __slots__ = ("exclude", "future", "timer")
+    __slots__ = ("deadline", "exclude", "future")
 
-    def __init__(self, future: asyncio.Future[Replica[Any]], exclude: Collection[str]) -> None:
+    def __init__(
+        self, future: asyncio.Future[Replica[Any]], exclude: Collection[str], deadline: float
+    ) -> None:
         self.future = future
         self.exclude = exclude
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = deadline
 
 
 class ReplicaPool(Generic[T]):
@@ -94,6 +96,13 @@ class ReplicaPool(Generic[T]):
         # middle in O(1).
         self._waiters: OrderedDict[asyncio.Future[Replica[T]], _Waiter] = OrderedDict()
         self._drained: dict[Replica[T], asyncio.Future[None]] = {}
+        # One timer ends every wait: it is set for the oldest waiter's deadline, and each
+        # time it fires it expires whoever is due and moves on to the next deadline. In a
+        # FIFO queue with one maximum wait, deadlines come in order; `_unordered` records
+        # that max_queue_wait was lowered, so a younger waiter may be due before older ones.
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = 0.0
+        self._unordered = False
         # ∫ (in_flight + waiting) dt since the pool was made, up to `_changed_at`.
         self._changed_at = clock()
         self._total_area = 0.0
@@ -251,10 +260,14 @@ class ReplicaPool(Generic[T]):
             raise QueueTimeout
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Replica[T]] = loop.create_future()
-        waiter = _Waiter(future, exclude)
-        waiter.timer = loop.call_later(self.max_queue_wait, self._expire, future)
+        deadline = loop.time() + self.max_queue_wait
         self._integrate()
-        self._waiters[future] = waiter
+        self._waiters[future] = _Waiter(future, exclude, deadline)
+        if self._expiry is None:
+            self._arm_expiry(loop, deadline)
+        elif deadline < self._expiry_at:
+            self._unordered = True
+            self._arm_expiry(loop, deadline)
         return future
 
     def withdraw(self, future: asyncio.Future[Replica[T]]) -> None:
@@ -262,9 +275,7 @@ class ReplicaPool(Generic[T]):
         to the next waiter, because this request will never be sent."""
         if future in self._waiters:
             self._integrate()
-            waiter = self._waiters.pop(future)
-            if waiter.timer is not None:
-                waiter.timer.cancel()
+            del self._waiters[future]
             future.cancel()
         elif future.done() and not future.cancelled() and future.exception() is None:
             self.release(future.result())
@@ -329,14 +340,41 @@ class ReplicaPool(Generic[T]):
             return False
         self._take(replica)
         del self._waiters[future]
-        if waiter.timer is not None:
-            waiter.timer.cancel()
         future.set_result(replica)
         return True
 
-    def _expire(self, future: asyncio.Future[Replica[T]]) -> None:
-        if future in self._waiters:
+    def _arm_expiry(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = loop.call_at(when, self._expire_due, loop)
+        self._expiry_at = when
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail every waiter whose maximum wait is over with QueueTimeout."""
+        self._expiry = None
+        now = loop.time()
+        due: list[asyncio.Future[Replica[T]]] = []
+        next_deadline: float | None = None
+        ordered = True  # the waiters left are in deadline order
+        previous = 0.0
+        for future, waiter in self._waiters.items():
+            deadline = waiter.deadline
+            if deadline <= now:
+                due.append(future)
+                continue
+            if not self._unordered:
+                next_deadline = deadline
+                break
+            if next_deadline is None or deadline < next_deadline:
+                next_deadline = deadline
+            ordered = ordered and deadline >= previous
+            previous = deadline
+        self._unordered = not ordered
+        if next_deadline is not None:
+            self._arm_expiry(loop, next_deadline)
+        if due:
             self._integrate()
-            del self._waiters[future]
-            if not future.done():
-                future.set_exception(QueueTimeout())
+            for future in due:
+                del self._waiters[future]
+                if not future.done():
+                    future.set_exception(QueueTimeout())

@@ -3,7 +3,7 @@
 This is the hot path: every scoring request goes through `UpstreamPool.request`. Each
 connection is an `asyncio.Protocol` whose `httptools` parser callbacks fill a little
 per-response state, the way uvicorn's server protocol does; a request costs one future,
-one timer, one response object and one `transport.write`.
+one response object and one `transport.write` (the timeout's timer is the connection's).
 
 Delivery matters more than usual: a request that never reached the replica may be sent
 to another one, a request that did must not be. So the errors say which happened
@@ -174,6 +174,7 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "_chunked",
+        "_deadline",
         "_eof",
         "_head",
         "_headers",
@@ -189,6 +190,7 @@ class _Connection(asyncio.Protocol):
         "_response",
         "_stale_parser",
         "_timer",
+        "_timer_at",
         "_transport",
         "_waiter",
         "_whole",
@@ -207,7 +209,11 @@ class _Connection(asyncio.Protocol):
         self._eof = False
         # Per request.
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        # The request's deadline (0: none in flight) and the one timer that enforces it,
+        # which outlives requests: see _on_timer.
+        self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._on_done: Callable[[], None] | None = None
         self._head = False
         # Per response message.
@@ -250,7 +256,9 @@ class _Connection(asyncio.Protocol):
         self._on_done = on_done
         self._message_done = False
         waiter = self._waiter = self.loop.create_future()
-        self._timer = self.loop.call_at(deadline, self._on_timeout)
+        self._deadline = deadline
+        if self._timer is None or self._timer_at > deadline:
+            self._arm_timer(deadline)
         try:
             transport.write(data)
         except RuntimeError as exc:  # uvloop: the handle closed under us
@@ -302,6 +310,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._pool._forget(self)
+        self._stop_timer()
         response = self._response
         if (
             response is not None
@@ -410,7 +419,7 @@ class _Connection(asyncio.Protocol):
     def _finish(self, response: UpstreamResponse) -> None:
         """The whole body is in: complete the response, then reuse or close the connection."""
         self._response = None
-        self._cancel_timer()
+        self._clear_deadline()
         if self._waiter is not None:
             # Everything arrived with the headers: hand it over as one `body`.
             chunks = response._chunks
@@ -449,13 +458,29 @@ class _Connection(asyncio.Protocol):
         if not waiter.done():
             waiter.set_result(response)
 
-    def _on_timeout(self) -> None:
+    def _arm_timer(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(when, self._on_timer)
+        self._timer_at = when
+
+    def _on_timer(self) -> None:
+        """One timer per connection rather than one per request: a finished request leaves
+        it armed, and a later request pushes it on only when it fires (deadlines under one
+        timeout only grow), so a busy connection pays for a timer once per timeout, not
+        once per request."""
         self._timer = None
+        deadline = self._deadline
+        if deadline == 0.0:
+            return  # idle: the timer lapses until the next request arms it
+        if self.loop.time() < deadline:
+            self._arm_timer(deadline)
+            return
         self._fail(UpstreamTimeout("the replica did not answer within the timeout"))
 
     def _fail(self, error: UpstreamError) -> None:
         """End the request in flight with `error` and close the connection."""
-        self._cancel_timer()
+        self._clear_deadline()
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -468,11 +493,16 @@ class _Connection(asyncio.Protocol):
         self._abort()
 
     def _forget_request(self) -> None:
-        self._cancel_timer()
+        self._clear_deadline()
         self._waiter = None
         self._abort()
 
-    def _cancel_timer(self) -> None:
+    def _clear_deadline(self) -> None:
+        """The request is over; its deadline no longer applies."""
+        self._deadline = 0.0
+
+    def _stop_timer(self) -> None:
+        self._deadline = 0.0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -481,7 +511,7 @@ class _Connection(asyncio.Protocol):
         # abort, not close: a close would wait to flush a body the replica may never read.
         # A request on an aborted connection never completes, so `on_done` is never due.
         self._on_done = None
-        self._cancel_timer()
+        self._stop_timer()
         if self._transport is not None:
             self._transport.abort()
 

@@ -385,6 +385,54 @@ def test_max_queue_wait_can_change(loop: ManualTimeLoop) -> None:
     run(loop, scenario)
 
 
+def test_a_lowered_wait_applies_to_later_waiters_behind_older_ones(loop: ManualTimeLoop) -> None:
+    async def scenario() -> None:
+        pool, busy = full_pool(loop, wait=10)
+        older = spawn(pool)
+        await settle()
+        pool.max_queue_wait = 0.1
+        younger = spawn(pool)
+        await advance(loop, 0.2)
+        assert isinstance(younger.exception(), QueueTimeout)
+        assert not older.done() and pool.waiting == 1
+        pool.max_queue_wait = 0.5
+        youngest = spawn(pool)
+        await advance(loop, 9.0)  # 9.2 s in: the older waiter has 0.8 s left
+        assert isinstance(youngest.exception(), QueueTimeout)
+        assert not older.done()
+        await advance(loop, 1.0)
+        assert isinstance(older.exception(), QueueTimeout)
+        assert pool.waiting == 0
+        pool.release(busy)
+
+    run(loop, scenario)
+
+
+def test_each_waiter_times_out_at_its_own_deadline(loop: ManualTimeLoop) -> None:
+    step = 0.125  # exact in binary, so deadlines compare exactly
+
+    async def scenario() -> None:
+        pool, busy = full_pool(loop, wait=1.0)
+        tasks = []
+        for _ in range(5):
+            tasks.append(spawn(pool))
+            await advance(loop, step)
+        # Queued at 0, 1, ... 4 steps; now 5 steps in. The first is served.
+        pool.release(busy)
+        await settle()
+        assert tasks[0].result().id == "r1"
+        for _ in range(3):
+            await advance(loop, step)  # up to 1.0 s: none is due yet
+            assert not any(t.done() for t in tasks[1:])
+        for index in range(1, 5):
+            await advance(loop, step)  # 1.0 s + index steps: the index-th waiter is due
+            assert [t.done() for t in tasks[1:]] == [i <= index for i in range(1, 5)]
+            assert isinstance(tasks[index].exception(), QueueTimeout)
+        assert pool.waiting == 0
+
+    run(loop, scenario)
+
+
 # -- drain and remove ----------------------------------------------------------------------
 
 

@@ -632,6 +632,27 @@ async def test_timeout_raises_and_the_connection_is_not_reused() -> None:
 
 
 @on_both_loops
+async def test_each_request_on_a_reused_connection_gets_its_own_timeout() -> None:
+    app = PeerApp()
+    async with UvicornPeer(app) as peer:
+        pool = UpstreamPool(peer.address)
+        loop = asyncio.get_running_loop()
+        # Quick answers under a long timeout leave the connection's timer set far ahead.
+        for _ in range(20):
+            assert (await pool.request(b"GET", b"/echo", [], b"", 60.0)).status == 200
+        assert app.connections == 1
+        started = loop.time()
+        with pytest.raises(UpstreamTimeout):
+            await pool.request(b"GET", b"/sleep?10", [], b"", 0.3)
+        assert loop.time() - started < 5.0
+        # And a short timeout set first does not cut a later, longer one short.
+        assert (await pool.request(b"GET", b"/echo", [], b"", 0.2)).status == 200
+        response = await pool.request(b"GET", b"/sleep?0.4", [], b"", 5.0)
+        assert response.body == b"slept"
+        await pool.close()
+
+
+@on_both_loops
 async def test_timeout_while_the_body_streams_raises_from_read() -> None:
     app = PeerApp()
     async with UvicornPeer(app) as peer:
