@@ -9,7 +9,7 @@ an `asyncio.Event`, a `RequestResponseCycle` of eleven arguments, a keep-alive t
 a done callback, and ran two regex searches per response header. Here a request costs
 one `_Exchange`, its task, and a future only when `receive()` must wait; the keep-alive
 timer is one per connection, re-armed when it fires; response headers are checked with
-two searches in all. Behaviour is uvicorn's (tests/scoring_runtime/
+two `bytes.translate` calls in all. Behaviour is uvicorn's (tests/scoring_runtime/
 test_http_server_conformance.py pins it through real sockets).
 
 A response's head is held until its first body message so both go out in one write
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -43,10 +42,11 @@ HIGH_WATER = 64 * 1024
 # Above this, a held head and its body go out with writelines() rather than joined.
 JOIN_LIMIT = 64 * 1024
 
-# RFC 9110 §5.1 token characters only in names; no control characters (so no CR/LF
-# response splitting) in values.
-_INVALID_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
-_INVALID_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+# Bytes refused in response header names (RFC 9110 §5.6.2 tokens only) and values (no
+# control characters, so no CR/LF response splitting). Checked with bytes.translate, which
+# deletes them: a shorter result means one was there.
+_INVALID_NAME = bytes(range(0x20)) + b'\x7f()<>@,;:[]={} \\"'
+_INVALID_VALUE = bytes((*range(0x09), *range(0x0A, 0x20), 0x7F))
 _NO_BODY_STATUS = frozenset((204, 304))
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _SERVER_ERROR_HEADERS = [
@@ -493,9 +493,11 @@ class _Exchange:
             ]:
                 close = True
             head += (name, b": ", value, b"\r\n")
-        if _INVALID_NAME.search(b"".join(names)) or b"" in names:
+        joined = b"".join(names)
+        if len(joined.translate(None, _INVALID_NAME)) != len(joined) or b"" in names:
             raise RuntimeError("Invalid HTTP header name.")
-        if _INVALID_VALUE.search(b"".join(values)):
+        joined = b"".join(values)
+        if len(joined.translate(None, _INVALID_VALUE)) != len(joined):
             raise RuntimeError("Invalid HTTP header value.")
         if close:
             self.keep_alive = False
