@@ -117,15 +117,21 @@ async def test_nothing_is_written_once_the_client_is_gone() -> None:
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[[App], Awaitable[int]]]:
+async def serve() -> AsyncIterator[Callable[..., Awaitable[int]]]:
     servers: list[uvicorn.Server] = []
     tasks: list[asyncio.Task[None]] = []
 
-    async def start(app: App) -> int:
+    async def start(app: App, keep_alive: float = 5.0) -> int:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         sock.listen()
-        config = uvicorn.Config(app, http=HttpProtocol, lifespan="off", log_level="warning")
+        config = uvicorn.Config(
+            app,
+            http=HttpProtocol,
+            lifespan="off",
+            log_level="warning",
+            timeout_keep_alive=keep_alive,
+        )
         server = uvicorn.Server(config)
         servers.append(server)
         tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
@@ -250,3 +256,22 @@ async def test_a_closed_watch_is_not_called_and_each_request_sees_its_connection
     assert seen[0] is seen[2] and seen[0] is not seen[1]
     assert all(signal.client_gone for signal in seen)
     assert called == []
+
+
+async def test_a_client_silent_midway_through_its_request_is_closed_after_the_timeout(
+    serve: Callable[..., Awaitable[int]],
+) -> None:
+    # uvicorn's protocol waits for such a client forever; a slow trickle keeps it open.
+    port = await serve(respond, keep_alive=0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n")  # the headers never end
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for part in (b"GET / HTTP/1.1\r\n", b"host: x\r\n", b"x-a: 1\r\n", b"\r\n"):
+        writer.write(part)
+        await asyncio.sleep(0.2)  # each pause is below the timeout
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    writer.close()
