@@ -23,6 +23,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from scoring_runtime.alarm import Alarm
+
 T = TypeVar("T")
 
 # Above this many ready replicas, sample two at random instead of scanning them all.
@@ -100,8 +102,7 @@ class ReplicaPool(Generic[T]):
         # time it fires it expires whoever is due and moves on to the next deadline. In a
         # FIFO queue with one maximum wait, deadlines come in order; `_unordered` records
         # that max_queue_wait was lowered, so a younger waiter may be due before older ones.
-        self._expiry: asyncio.TimerHandle | None = None
-        self._expiry_at = 0.0
+        self._expiry: Alarm | None = None  # made on the running loop, at the first wait
         self._unordered = False
         # ∫ (in_flight + waiting) dt since the pool was made, up to `_changed_at`.
         self._changed_at = clock()
@@ -263,11 +264,12 @@ class ReplicaPool(Generic[T]):
         deadline = loop.time() + self.max_queue_wait
         self._integrate()
         self._waiters[future] = _Waiter(future, exclude, deadline)
-        if self._expiry is None:
-            self._arm_expiry(loop, deadline)
-        elif deadline < self._expiry_at:
+        expiry = self._expiry
+        if expiry is None or expiry.loop is not loop:
+            expiry = self._expiry = Alarm(loop, self._expire_due)
+        elif expiry.is_set and deadline < expiry.when:
             self._unordered = True
-            self._arm_expiry(loop, deadline)
+        expiry.set(deadline)
         return future
 
     def withdraw(self, future: asyncio.Future[Replica[T]]) -> None:
@@ -343,16 +345,10 @@ class ReplicaPool(Generic[T]):
         future.set_result(replica)
         return True
 
-    def _arm_expiry(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-        self._expiry = loop.call_at(when, self._expire_due, loop)
-        self._expiry_at = when
-
-    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _expire_due(self) -> None:
         """Fail every waiter whose maximum wait is over with QueueTimeout."""
-        self._expiry = None
-        now = loop.time()
+        assert self._expiry is not None  # it is what calls this
+        now = self._expiry.loop.time()
         due: list[asyncio.Future[Replica[T]]] = []
         next_deadline: float | None = None
         ordered = True  # the waiters left are in deadline order
@@ -371,7 +367,7 @@ class ReplicaPool(Generic[T]):
             previous = deadline
         self._unordered = not ordered
         if next_deadline is not None:
-            self._arm_expiry(loop, next_deadline)
+            self._expiry.set(next_deadline)
         if due:
             self._integrate()
             for future in due:

@@ -19,6 +19,8 @@ from typing import cast
 
 import httptools
 
+from scoring_runtime.alarm import Alarm
+
 __all__ = [
     "ConnectionLost",
     "NotDelivered",
@@ -190,7 +192,6 @@ class _Connection(asyncio.Protocol):
         "_response",
         "_stale_parser",
         "_timer",
-        "_timer_at",
         "_transport",
         "_waiter",
         "_whole",
@@ -209,11 +210,10 @@ class _Connection(asyncio.Protocol):
         self._eof = False
         # Per request.
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
-        # The request's deadline (0: none in flight) and the one timer that enforces it,
-        # which outlives requests: see _on_timer.
+        # The request's deadline (0: none in flight) and the connection's one timer that
+        # enforces it, which outlives requests (scoring_runtime/alarm.py).
         self._deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._timer = Alarm(loop, self._on_timer)
         self._on_done: Callable[[], None] | None = None
         self._head = False
         # Per response message.
@@ -257,8 +257,7 @@ class _Connection(asyncio.Protocol):
         self._message_done = False
         waiter = self._waiter = self.loop.create_future()
         self._deadline = deadline
-        if self._timer is None or self._timer_at > deadline:
-            self._arm_timer(deadline)
+        self._timer.set(deadline)
         try:
             transport.write(data)
         except RuntimeError as exc:  # uvloop: the handle closed under us
@@ -458,23 +457,12 @@ class _Connection(asyncio.Protocol):
         if not waiter.done():
             waiter.set_result(response)
 
-    def _arm_timer(self, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_at(when, self._on_timer)
-        self._timer_at = when
-
     def _on_timer(self) -> None:
-        """One timer per connection rather than one per request: a finished request leaves
-        it armed, and a later request pushes it on only when it fires (deadlines under one
-        timeout only grow), so a busy connection pays for a timer once per timeout, not
-        once per request."""
-        self._timer = None
         deadline = self._deadline
         if deadline == 0.0:
-            return  # idle: the timer lapses until the next request arms it
+            return  # idle: the timer lapses until the next request sets it
         if self.loop.time() < deadline:
-            self._arm_timer(deadline)
+            self._timer.set(deadline)  # a later request's deadline
             return
         self._fail(UpstreamTimeout("the replica did not answer within the timeout"))
 
@@ -503,9 +491,7 @@ class _Connection(asyncio.Protocol):
 
     def _stop_timer(self) -> None:
         self._deadline = 0.0
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
 
     def _abort(self) -> None:
         # abort, not close: a close would wait to flush a body the replica may never read.

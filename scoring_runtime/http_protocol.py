@@ -33,6 +33,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
+from scoring_runtime.alarm import Alarm
+
 __all__ = ["CLIENT_DISCONNECT", "DisconnectSignal", "HttpProtocol"]
 
 CLIENT_DISCONNECT = "mlfe.client_disconnect"
@@ -119,6 +121,7 @@ class HttpProtocol(asyncio.Protocol):
         self.app = config.loaded_app
         self.loop = _loop or asyncio.get_event_loop()
         self.root_path: str = config.root_path
+        self.raw_root_path = config.root_path.encode("ascii")
         self.keep_alive_timeout: float = config.timeout_keep_alive
         self.app_state = app_state
         self.server_state = server_state
@@ -136,7 +139,7 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self.drained: asyncio.Future[None] | None = None
         self.last_active = 0.0
-        self.keep_alive_timer: asyncio.TimerHandle | None = None
+        self.keep_alive_timer = Alarm(self.loop, self._check_keep_alive)
         # The exchange whose response is being produced, and those parsed behind it.
         self.active: _Exchange | None = None
         self.pipeline: deque[_Exchange] = deque()
@@ -155,16 +158,12 @@ class HttpProtocol(asyncio.Protocol):
         self.client = get_remote_addr(self.transport)
         self.scheme = "https" if is_ssl(self.transport) else "http"
         self.last_active = self.loop.time()
-        self.keep_alive_timer = self.loop.call_later(
-            self.keep_alive_timeout, self._check_keep_alive
-        )
+        self.keep_alive_timer.set(self.last_active + self.keep_alive_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server_state.connections.discard(self)
-        if self.keep_alive_timer is not None:
-            self.keep_alive_timer.cancel()
-            self.keep_alive_timer = None
+        self.keep_alive_timer.cancel()
         exchange = self.active
         if exchange is not None:
             if not exchange.response_complete:
@@ -238,7 +237,7 @@ class HttpProtocol(asyncio.Protocol):
             "method": parser.get_method().decode("ascii"),
             "root_path": self.root_path,
             "path": self.root_path + path,
-            "raw_path": self.root_path.encode("ascii") + raw_path,
+            "raw_path": self.raw_root_path + raw_path,
             "query_string": query,
             "headers": self.headers,
             "state": self.app_state.copy(),
@@ -300,20 +299,18 @@ class HttpProtocol(asyncio.Protocol):
         self._resume_reading()
 
     def _check_keep_alive(self) -> None:
-        """Close a connection idle for the keep-alive timeout; one timer per connection,
-        re-armed for what is left of the timeout whenever it finds the connection used."""
-        self.keep_alive_timer = None
+        """Close a connection idle for the keep-alive timeout. The timer is the
+        connection's, set when it opened and set again for what is left of the timeout
+        whenever it finds the connection used since."""
         if self.closed:
             return
-        timeout = self.keep_alive_timeout
+        now = self.loop.time()
         if self.active is not None:
-            remaining = timeout
+            self.keep_alive_timer.set(now + self.keep_alive_timeout)
+        elif now - self.last_active >= self.keep_alive_timeout:
+            self.transport.close()
         else:
-            remaining = self.last_active + timeout - self.loop.time()
-            if remaining <= 0:
-                self.transport.close()
-                return
-        self.keep_alive_timer = self.loop.call_later(remaining, self._check_keep_alive)
+            self.keep_alive_timer.set(self.last_active + self.keep_alive_timeout)
 
     def _pause_reading(self) -> None:
         if not self.read_paused:
