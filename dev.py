@@ -4,7 +4,8 @@
     python3 dev.py test    # install, then ruff, mypy and pytest
 
 Needs nothing but Python 3.10+. The environment lives in .venv and is reinstalled
-only when pyproject.toml changes.
+only when pyproject.toml or setup.py changes; the modules setup.py compiles are rebuilt
+when their source is newer than the build.
 """
 
 from __future__ import annotations
@@ -22,20 +23,50 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".mlfe-installed"
+PIP = (str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q")
+
+
+def stale_compiled_modules() -> list[str]:
+    """Modules whose mypyc build (setup.py) is older than their source.
+
+    An editable install puts the compiled module next to its source, and Python imports
+    the compiled one first: after an edit it must be rebuilt or the edit is not seen."""
+    stale = []
+    for package in ("router", "scoring_runtime"):
+        for built in (ROOT / package).glob("*.so"):
+            source = built.with_name(built.name.split(".", 1)[0] + ".py")
+            if not source.exists() or source.stat().st_mtime > built.stat().st_mtime:
+                stale.append(f"{package}.{source.stem}")
+    return stale
+
+
+def remove_compiled_modules() -> None:
+    """Before a build: a module setup.py no longer compiles must not stay shadowed."""
+    for built in (*ROOT.glob("router/*.so"), *ROOT.glob("scoring_runtime/*.so")):
+        built.unlink()
+    for shared in ROOT.glob("*__mypyc*.so"):
+        shared.unlink()
 
 
 def ensure_environment() -> None:
-    """Create .venv and install mlfe with its dev extras unless already current."""
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    """Create .venv and install mlfe with its dev extras unless already current; rebuild
+    the compiled modules if their source changed since."""
+    wanted = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + (ROOT / "setup.py").read_bytes()
+    ).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
+        if stale := stale_compiled_modules():
+            print(f"rebuilding compiled modules: {', '.join(stale)}", flush=True)
+            remove_compiled_modules()
+            subprocess.run([*PIP, "--no-deps", "-e", str(ROOT)], check=True)
         return
     if not PYTHON.exists():
         print("creating .venv", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     print("installing mlfe and its dependencies into .venv", flush=True)
-    subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "-e", f"{ROOT}[dev]"], check=True)
+    remove_compiled_modules()
+    subprocess.run([*PIP, "--upgrade", "pip"], check=True)
+    subprocess.run([*PIP, "-e", f"{ROOT}[dev]"], check=True)
     STAMP.write_text(wanted)
 
 

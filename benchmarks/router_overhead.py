@@ -8,8 +8,9 @@ nginx, in one run.
 One `python -m scoring_runtime` replica serves a no-op entry script on loopback TCP (or on
 a Unix socket, as mlfe's local backend runs replicas). The same load (benchmarks/loadgen.py)
 goes (1) to the replica directly, (2) through mlfe's router (key auth, two versions split
-90/10, metrics on) and (3) through nginx as a keep-alive reverse proxy, when nginx is
-installed. Closed-loop rounds give requests/s and the proxy's CPU time per request (from
+90/10, metrics on), (3) through the same router run as plain Python, without the modules
+setup.py compiles (when they are compiled here), and (4) through nginx as a keep-alive
+reverse proxy, when nginx is installed. Closed-loop rounds give requests/s and the proxy's CPU time per request (from
 /proc); open-loop rounds at one fixed arrival rate for all (half of mlfe's closed-loop
 rate) give the latency each proxy adds. The systems alternate in rounds so drift on a
 shared machine hits all of them; the median round is reported. Results are printed and
@@ -19,6 +20,7 @@ written to benchmarks/results/router_overhead_TRANSPORT.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -158,9 +160,11 @@ def router_spec(
     http: str = "mlfe",
     name: str = "mlfe",
     slots: int = SLOTS,
+    script: Path = Path(__file__),
 ) -> ServerSpec:
+    """`script` is this file, or its copy in a plain-Python tree (plain_python_copy)."""
     argv = (
-        *(sys.executable, __file__, "--serve-router", str(port)),
+        *(sys.executable, str(script), "--serve-router", str(port)),
         *(replica.upstream, http, str(slots)),
     )
     return ServerSpec(name, argv, f"http://127.0.0.1:{port}/healthz")
@@ -237,35 +241,60 @@ def summarize(name: str, runs: list[Round]) -> dict[str, Any]:
     return summary
 
 
+def plain_python_copy(workdir: Path) -> Path | None:
+    """This benchmark and mlfe's packages as plain Python, without the modules setup.py
+    compiled: the router started from it is mlfe as installed where there is no C
+    compiler. None when mlfe is not compiled here: both routers would be the same."""
+    import router.dataplane
+
+    if not router.dataplane.__file__ or router.dataplane.__file__.endswith(".py"):
+        return None
+    copy = workdir / "plain"
+    for package in ("router", "scoring_runtime", "autoscaler", "benchmarks"):
+        shutil.copytree(
+            ROOT / package,
+            copy / package,
+            ignore=shutil.ignore_patterns("*.so", "__pycache__", ".envs", "results"),
+        )
+    return copy
+
+
 async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="mlfe-bench-"))
     replica_address = ReplicaAddress(
         uds=workdir / "replica.sock" if args.replica_transport == "uds" else None,
         port=free_port() if args.replica_transport == "tcp" else None,
     )
-    router_port, nginx_port = free_port(), free_port()
     runs: dict[str, list[Round]] = {}
     open_runs: dict[str, list[Round]] = {}
     try:
-        with running(replica_spec(replica_address, args.slots), workdir) as replica:
+        with contextlib.ExitStack() as stack:
+            replica = stack.enter_context(
+                running(replica_spec(replica_address, args.slots), workdir)
+            )
             servers: dict[str, tuple[str, RunningServer | None]] = {
                 "direct": (replica_address.score_url, None)
             }
-            mlfe_spec = router_spec(router_port, replica_address, slots=args.slots)
-            with running(mlfe_spec, workdir) as router:
-                servers["mlfe"] = (
-                    f"http://127.0.0.1:{router_port}/api/v1/service/bench/score",
-                    router,
+            plain = plain_python_copy(workdir)
+            routers = {"mlfe": Path(__file__)}
+            if plain is not None:
+                routers["mlfe-python"] = plain / "benchmarks" / Path(__file__).name
+            for name, script in routers.items():
+                port = free_port()
+                mlfe_spec = router_spec(
+                    port, replica_address, name=name, slots=args.slots, script=script
                 )
-                spec = nginx_spec(nginx_port, replica_address, workdir)
-                nginx_note = "nginx not installed: skipped" if spec is None else "measured"
-                if spec is None:
-                    print(nginx_note, flush=True)
-                    open_rate = await all_rounds(servers, replica, runs, open_runs, args)
-                else:
-                    with running(spec, workdir) as nginx:
-                        servers["nginx"] = (f"http://127.0.0.1:{nginx_port}/score", nginx)
-                        open_rate = await all_rounds(servers, replica, runs, open_runs, args)
+                router = stack.enter_context(running(mlfe_spec, workdir))
+                servers[name] = (f"http://127.0.0.1:{port}/api/v1/service/bench/score", router)
+            nginx_port = free_port()
+            spec = nginx_spec(nginx_port, replica_address, workdir)
+            nginx_note = "nginx not installed: skipped" if spec is None else "measured"
+            if spec is None:
+                print(nginx_note, flush=True)
+            else:
+                nginx = stack.enter_context(running(spec, workdir))
+                servers["nginx"] = (f"http://127.0.0.1:{nginx_port}/score", nginx)
+            open_rate = await all_rounds(servers, replica, runs, open_runs, args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -312,6 +341,16 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "figures are kept under systems for that comparison.",
         ],
     }
+    if "mlfe-python" in systems:
+        python = systems["mlfe-python"]
+        report["compiled_to_plain_python"] = {
+            "rps": round(mlfe["rps"] / python["rps"], 3),
+            "router_cpu": round(
+                mlfe["proxy_cpu_us_per_request"] / python["proxy_cpu_us_per_request"], 3
+            ),
+        }
+    else:
+        report["compiled_to_plain_python"] = "mlfe is installed as plain Python here"
     if "nginx" in systems:
         report["mlfe_cpu_to_nginx_cpu"] = round(
             mlfe["proxy_cpu_us_per_request"] / systems["nginx"]["proxy_cpu_us_per_request"], 2

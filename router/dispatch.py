@@ -20,7 +20,6 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from scoring_runtime.alarm import Alarm
@@ -39,16 +38,21 @@ class QueueTimeout(Exception):
     """No slot became free within the deployment's maximum queue wait."""
 
 
-@dataclass(eq=False)
 class Replica(Generic[T]):
-    """One scoring process (or pod) and its slots; `target` is how to reach it."""
+    """One scoring process (or pod) and its slots; `target` is how to reach it.
 
-    id: str
-    target: T
-    slots: int
-    in_flight: int = 0
-    # Set by drain() and remove(): the replica gets no new work from then on.
-    draining: bool = False
+    A plain class rather than a dataclass: mypyc cannot compile a generic dataclass."""
+
+    def __init__(self, id: str, target: T, slots: int) -> None:
+        self.id = id
+        self.target = target
+        self.slots = slots
+        self.in_flight = 0
+        # Set by drain() and remove(): the replica gets no new work from then on.
+        self.draining = False
+
+    def __repr__(self) -> str:
+        return f"Replica(id={self.id!r}, in_flight={self.in_flight}, draining={self.draining})"
 
 
 class _Waiter:

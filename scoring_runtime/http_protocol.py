@@ -25,7 +25,7 @@ import http
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 import httptools
@@ -122,7 +122,9 @@ class HttpProtocol(asyncio.Protocol):
         self.loop = _loop or asyncio.get_event_loop()
         self.root_path: str = config.root_path
         self.raw_root_path = config.root_path.encode("ascii")
-        self.keep_alive_timeout: float = config.timeout_keep_alive
+        # uvicorn annotates this as int but takes floats; compiled (setup.py), a read
+        # through the annotation would refuse a float.
+        self.keep_alive_timeout = float(cast(Any, config).timeout_keep_alive)
         self.app_state = app_state
         self.server_state = server_state
         self.tasks = server_state.tasks

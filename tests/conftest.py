@@ -9,6 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from dev import stale_compiled_modules
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test old code: Python imports a compiled module before its source."""
+    if stale := stale_compiled_modules():
+        raise pytest.UsageError(
+            f"compiled modules are older than their source ({', '.join(stale)}); "
+            "`python3 dev.py test` rebuilds them"
+        )
+
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:

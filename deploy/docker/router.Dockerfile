@@ -3,9 +3,13 @@
 #   docker build -f deploy/docker/router.Dockerfile -t mlfe-router:latest .
 
 # Stage 1 builds mlfe's wheel, so the final image holds no source tree or build tools.
+# With a C compiler there, setup.py compiles the scoring path with mypyc.
 FROM python:3.11-slim AS wheel
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY router/ router/
 COPY autoscaler/ autoscaler/
 COPY scoring_runtime/ scoring_runtime/

@@ -4,23 +4,31 @@
 #   docker build -f deploy/docker/runtime.Dockerfile -t mlfe-runtime:latest .
 # Extend it with your model's dependencies (pip or conda): see deploy/README.md.
 
-# Stage 1 builds mlfe's wheel, so the final image holds no source tree or build tools.
+# Stage 1 builds mlfe's wheels, so the final image holds no source tree or build tools:
+# one compiled with mypyc (setup.py) for this image's Python, and one plain-Python wheel
+# for a derived image's own Python (a conda env), which may be another version.
 FROM python:3.11-slim AS wheel
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY router/ router/
 COPY autoscaler/ autoscaler/
 COPY scoring_runtime/ scoring_runtime/
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /compiled . \
+    && rm -rf build \
+    && MLFE_PURE_PYTHON=1 pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# The wheel stays in the image: a derived image with its own Python (a conda env)
-# installs it from /opt/mlfe/wheels into that environment.
+# The plain-Python wheel stays in the image: a derived image with its own Python (a
+# conda env) installs it from /opt/mlfe/wheels into that environment.
 COPY --from=wheel /wheels/ /opt/mlfe/wheels/
-RUN pip install --no-cache-dir /opt/mlfe/wheels/*.whl
+RUN --mount=type=bind,from=wheel,source=/compiled,target=/tmp/compiled \
+    pip install --no-cache-dir /tmp/compiled/*.whl
 
 # Root owns the code and /var/mlfe; the replica runs as a numeric non-root uid (so
 # Kubernetes' runAsNonRoot can verify it) and cannot change what it runs.

@@ -633,13 +633,15 @@ def test_the_image_builds_from_files_in_the_context(name: str) -> None:
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
         for file in files:
             relative = file.relative_to(REPO).as_posix()
-            if "__pycache__" not in relative:
+            built_here = "__pycache__" in relative or relative.endswith(".so")
+            if not built_here:
                 assert not dockerignored(relative), f"{relative} is left out by .dockerignore"
-    # What pip needs to build mlfe: pyproject.toml, its readme, every package it ships.
+    # What pip needs to build mlfe: pyproject.toml, setup.py (the compiled scoring path),
+    # its readme, every package it ships.
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     copied = {source.strip("/") for source in sources}
-    assert {"pyproject.toml", project["project"]["readme"]} <= copied
+    assert {"pyproject.toml", "setup.py", project["project"]["readme"]} <= copied
     shipped = project["tool"]["setuptools"]["packages"]["find"]["include"]
     for pattern in shipped:
         packages = [p.name for p in REPO.glob(pattern) if (p / "__init__.py").exists()]
@@ -660,6 +662,7 @@ def test_secrets_and_local_state_stay_out_of_build_contexts() -> None:
     for path in (".venv/bin/python", ".git/config", ".mlfe/admin.key", "tests/conftest.py"):
         assert dockerignored(path), path
     assert dockerignored("router/__pycache__/app.cpython-311.pyc")
+    assert dockerignored("router/dataplane.cpython-311-x86_64-linux-gnu.so")
     assert not dockerignored("router/app.py")
 
 
