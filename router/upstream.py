@@ -370,7 +370,7 @@ class _Connection(asyncio.Protocol):
             if name == b"content-length":
                 self._length = value
             elif name == b"transfer-encoding":
-                self._chunked = b"chunked" in value.lower()
+                self._chunked = value.lower().find(b"chunked") >= 0
             elif name == b"connection":
                 self._listed = _listed_names(value, self._listed)
             return

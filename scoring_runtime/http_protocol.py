@@ -219,7 +219,9 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         url = self.url
-        if url[:1] == b"/" and b"?" not in url and b"%" not in url and b"#" not in url:
+        # find() rather than `in`: bytes' `in` first tries its operand as an int, which
+        # raises and clears a TypeError every time (about 70 ns each).
+        if url[:1] == b"/" and url.find(b"?") < 0 and url.find(b"%") < 0 and url.find(b"#") < 0:
             raw_path, query = url, b""
             path = url.decode("ascii")
         else:
