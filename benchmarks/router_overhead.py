@@ -304,6 +304,12 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         if name == "direct":
             continue
         summary["rps_ratio_to_direct"] = round(summary["rps"] / direct["rps"], 3)
+        # Each round against the direct round just before it: the machine's drift over a
+        # run shows here, where the medians above can come from different minutes.
+        summary["rps_ratio_by_round"] = [
+            round(run.load.rps / direct_run.load.rps, 3)
+            for run, direct_run in zip(runs[name], runs["direct"], strict=True)
+        ]
         summary["added_p50_ms"] = round(summary["p50_ms"] - direct["p50_ms"], 3)
         summary["added_p99_ms"] = round(summary["p99_ms"] - direct["p99_ms"], 3)
     open_loop = {name: summarize_open(result) for name, result in open_runs.items()}
