@@ -10,6 +10,7 @@ import runpy
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +50,35 @@ def test_asked_to_or_without_a_compiler_mlfe_installs_as_plain_python(
 
 @pytest.fixture(scope="module")
 def plain_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repository's packages, tests and dev.py without any compiled module."""
+    """The repository's packages, tests and build files without any compiled module."""
     tree = tmp_path_factory.mktemp("plain")
     for package in ("router", "scoring_runtime", "autoscaler", "tests"):
         shutil.copytree(
             ROOT / package, tree / package, ignore=shutil.ignore_patterns("*.so", "__pycache__")
         )
-    for name in ("dev.py", "setup.py", "pyproject.toml"):
+    for name in ("dev.py", "setup.py", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, tree / name)
     return tree
+
+
+def test_a_compiler_that_fails_leaves_a_plain_python_build(plain_tree: Path) -> None:
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
+        pytest.skip("Python's C headers are not installed: setup.py would not try to compile")
+    out = plain_tree / "build-out"
+    env = {**os.environ, "CC": "/bin/false"}  # found on PATH, fails every compile
+    argv = ("setup.py", "-q", "build_ext", "--build-lib", out, "--build-temp", out / "tmp")
+    built = subprocess.run(
+        [sys.executable, *map(str, argv)],
+        cwd=plain_tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "installing the scoring path as plain Python: the C build failed" in built.stderr
+    assert not list(out.rglob("*.so"))
+    shutil.rmtree(out)
 
 
 def run_plain(tree: Path, *argv: str) -> subprocess.CompletedProcess[str]:
