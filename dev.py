@@ -24,6 +24,7 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".mlfe-installed"
 PIP = (str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q")
+COMPILED_PACKAGES = ("router", "scoring_runtime")  # where setup.py's modules live
 
 
 def stale_compiled_modules() -> list[str]:
@@ -32,7 +33,7 @@ def stale_compiled_modules() -> list[str]:
     An editable install puts the compiled module next to its source, and Python imports
     the compiled one first: after an edit it must be rebuilt or the edit is not seen."""
     stale = []
-    for package in ("router", "scoring_runtime"):
+    for package in COMPILED_PACKAGES:
         for built in (ROOT / package).glob("*.so"):
             source = built.with_name(built.name.split(".", 1)[0] + ".py")
             if not source.exists() or source.stat().st_mtime > built.stat().st_mtime:
@@ -42,9 +43,10 @@ def stale_compiled_modules() -> list[str]:
 
 def remove_compiled_modules() -> None:
     """Before a build: a module setup.py no longer compiles must not stay shadowed."""
-    for built in (*ROOT.glob("router/*.so"), *ROOT.glob("scoring_runtime/*.so")):
-        built.unlink()
-    for shared in ROOT.glob("*__mypyc*.so"):
+    for package in COMPILED_PACKAGES:
+        for built in (ROOT / package).glob("*.so"):
+            built.unlink()
+    for shared in ROOT.glob("*__mypyc*.so"):  # the library the compiled modules share
         shared.unlink()
 
 

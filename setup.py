@@ -2,9 +2,10 @@
 
 Everything else about the package is in pyproject.toml. The modules below run once or
 more for every scored request; compiled, the router spends less CPU per request
-(benchmarks/router_overhead.py measures both builds side by side). They are the same typed Python
-source either way: without a C compiler and Python's headers, when the C build fails, or
-with MLFE_PURE_PYTHON=1, mlfe installs as plain Python and behaves the same, only slower.
+(benchmarks/router_overhead.py measures both builds side by side). They are the same
+typed Python source either way: without a C compiler and Python's headers, when the C
+build fails, or with MLFE_PURE_PYTHON=1, mlfe installs as plain Python and behaves the
+same, only slower.
 """
 
 from __future__ import annotations
