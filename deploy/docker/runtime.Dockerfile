@@ -1,3 +1,5 @@
+# syntax=docker/dockerfile:1
+
 # The scoring runtime base image: one replica running an Azure ML entry script
 # (`python -m scoring_runtime`). mlfe's Kubernetes backend runs it for every replica.
 # Build from the repository root:
