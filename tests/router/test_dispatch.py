@@ -13,24 +13,12 @@ from collections.abc import Awaitable, Callable, Collection, Iterator
 import pytest
 
 from router.dispatch import QueueFull, QueueTimeout, Replica, ReplicaPool
-
-
-class ManualTimeLoop(asyncio.SelectorEventLoop):
-    """An event loop whose time() is set by the test, and which keeps callback errors."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.now = 1000.0
-        self.errors: list[dict[str, object]] = []
-        self.set_exception_handler(lambda _, context: self.errors.append(context))
-
-    def time(self) -> float:
-        return self.now
+from tests.helpers.manual_time import ManualTimeLoop
 
 
 @pytest.fixture
 def loop() -> Iterator[ManualTimeLoop]:
-    loop = ManualTimeLoop()
+    loop = ManualTimeLoop(now=1000.0)
     yield loop
     loop.close()
     # An exception inside a loop callback (a timer, a hand-over) never reaches the test

@@ -8,20 +8,12 @@ from collections.abc import Iterator
 import pytest
 
 from scoring_runtime.alarm import Alarm
-
-
-class ManualTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        super().__init__()
-        self.now = 100.0
-
-    def time(self) -> float:
-        return self.now
+from tests.helpers.manual_time import ManualTimeLoop
 
 
 @pytest.fixture
 def loop() -> Iterator[ManualTimeLoop]:
-    loop = ManualTimeLoop()
+    loop = ManualTimeLoop(now=100.0)
     yield loop
     loop.close()
 
