@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -158,6 +159,52 @@ class CpuMeter:
             cpu_seconds_between(before, tree_cpu_ticks(pid))
             for pid, before in zip(self._pids, self._before, strict=True)
         ]
+
+
+def last_cpu(pid: int) -> int | None:
+    """The CPU a process (its main thread) last ran on, from /proc/PID/stat."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(text[text.rindex(")") + 2 :].split()[36])
+
+
+def busiest_process(root_pid: int) -> int:
+    """The process of a tree that has used the most CPU: nginx's worker, not its master."""
+    ticks = tree_cpu_ticks(root_pid)
+    return max(ticks, key=ticks.__getitem__, default=root_pid)
+
+
+class PlacementMeter:
+    """How often two processes were last seen on the same CPU, sampled every `interval`
+    seconds over one bracketed interval.
+
+    On a machine with few cores this decides a proxy's throughput as much as its code:
+    the kernel tends to wake a process on its waker's CPU, and a proxy sharing one core
+    with its replica serves far fewer requests than the same two on separate cores. The
+    share is recorded, not controlled, so each round's figure can be read with it."""
+
+    def __init__(self, first: int, second: int, interval: float = 0.02) -> None:
+        self._pids = (first, second)
+        self._interval = interval
+        self._same = self._samples = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(self._interval):
+            first, second = (last_cpu(pid) for pid in self._pids)
+            if first is not None and second is not None:
+                self._samples += 1
+                self._same += first == second
+
+    def shared_share(self) -> float:
+        """Stop sampling; the share of samples with both processes on one CPU."""
+        self._done.set()
+        self._thread.join()
+        return self._same / self._samples if self._samples else 0.0
 
 
 def _machine_ticks() -> tuple[int, int]:

@@ -3,18 +3,20 @@ nginx, in one run.
 
     .venv/bin/python benchmarks/router_overhead.py [--replica-transport tcp|uds]
                                                    [--duration 10] [--connections 32]
-                                                   [--slots 8]
+                                                   [--slots 8] [--rounds 5]
 
 One `python -m scoring_runtime` replica serves a no-op entry script on loopback TCP (or on
 a Unix socket, as mlfe's local backend runs replicas). The same load (benchmarks/loadgen.py)
 goes (1) to the replica directly, (2) through mlfe's router (key auth, two versions split
 90/10, metrics on), (3) through the same router run as plain Python, without the modules
 setup.py compiles (when they are compiled here), and (4) through nginx as a keep-alive
-reverse proxy, when nginx is installed. Closed-loop rounds give requests/s and the proxy's CPU time per request (from
-/proc); open-loop rounds at one fixed arrival rate for all (half of mlfe's closed-loop
-rate) give the latency each proxy adds. The systems alternate in rounds so drift on a
-shared machine hits all of them; the median round is reported. Results are printed and
-written to benchmarks/results/router_overhead_TRANSPORT.json.
+reverse proxy, when nginx is installed. Closed-loop rounds give requests/s and the proxy's
+CPU time per request (from /proc); open-loop rounds at one fixed arrival rate for all (half
+of mlfe's closed-loop rate) give the latency each proxy adds. The systems alternate in
+rounds so drift on a shared machine hits all of them; the median round is reported. Each
+round also records how often the proxy and the replica were on the same CPU, which on a
+two-core machine moves a proxy's throughput by up to 2x (PlacementMeter). Results are
+printed and written to benchmarks/results/router_overhead_TRANSPORT.json.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ if str(ROOT) not in sys.path:  # run as a file, not only as `python -m benchmark
 from benchmarks.harness import (  # noqa: E402
     CpuMeter,
     MachineMeter,
+    PlacementMeter,
     RunningServer,
     ServerSpec,
+    busiest_process,
     free_port,
     machine_info,
     median,
@@ -144,6 +148,8 @@ class Round:
     load: LoadResult
     server_cpu_s: list[float]  # the replica's, then the proxy's when there is one
     machine_busy: float  # share of both cores' time spent busy, by anything
+    # Share of the round the proxy and the replica were last seen on one CPU (None: direct).
+    shared_core: float | None = None
 
     def us_per_request(self, cpu_s: float) -> float:
         return round(cpu_s * 1e6 / max(self.load.completed, 1), 1)
@@ -207,9 +213,11 @@ async def measure(
         )
 
     await run_load(config(warmup))
+    placement = PlacementMeter(busiest_process(pids[1]), pids[0]) if len(pids) > 1 else None
     meter, machine = CpuMeter(pids), MachineMeter()
     result = await run_load(config(duration))
-    measured = Round(result, meter.seconds(), machine.busy_share())
+    shared_core = placement.shared_share() if placement is not None else None
+    measured = Round(result, meter.seconds(), machine.busy_share(), shared_core)
     failed = {code: n for code, n in result.status_counts.items() if int(code) != 200}
     if failed or result.errors:
         raise RuntimeError(f"{url} did not answer 200: statuses {failed}, errors {result.errors}")
@@ -238,6 +246,7 @@ def summarize(name: str, runs: list[Round]) -> dict[str, Any]:
         summary["proxy_cpu_us_all_rounds"] = [
             run.us_per_request(run.server_cpu_s[1]) for run in runs
         ]
+        summary["shared_core_share_all_rounds"] = [round(run.shared_core or 0.0, 2) for run in runs]
     return summary
 
 
@@ -403,10 +412,11 @@ async def rounds(
             run = await measure(url, args.connections, args.duration, args.warmup, pids, rate)
             runs.setdefault(name, []).append(run)
             load = run.load
+            shared = "" if run.shared_core is None else f", one core {run.shared_core:.0%}"
             print(
                 f"round {round_no + 1} {mode:<12} {name:<7} {load.rps:9.0f} req/s "
                 f"p50 {load.latency.p50_ms:.2f} ms p99 {load.latency.p99_ms:.2f} ms "
-                f"machine {run.machine_busy:.0%} busy",
+                f"machine {run.machine_busy:.0%} busy{shared}",
                 flush=True,
             )
 
@@ -437,7 +447,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
         "--slots",
         type=int,
