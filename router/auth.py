@@ -15,23 +15,23 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import jwt
 
-AUTH_FAILED = "Missing or invalid credentials"
+AUTH_FAILED: Final = "Missing or invalid credentials"
 
 # The only algorithm accepted: anything named in a token's header is attacker-chosen.
-TOKEN_ALGORITHM = "HS256"
+TOKEN_ALGORITHM: Final = "HS256"
 # HS256 is only as strong as its secret; pyjwt also warns on every decode below this.
-MIN_SECRET_BYTES = 32
+MIN_SECRET_BYTES: Final = 32
 # Clock skew tolerated for `iat` and `nbf` between the issuing and the verifying router.
-CLOCK_SKEW = 5.0
+CLOCK_SKEW: Final = 5.0
 # Real keys are 43 characters and our tokens a few hundred; longer values are refused
 # before any work is spent on them.
-MAX_CREDENTIAL_BYTES = 4096
+MAX_CREDENTIAL_BYTES: Final = 4096
 
-_DECODE_OPTIONS: Any = {
+_DECODE_OPTIONS: Final[Any] = {
     "require": ["exp", "iat", "aud"],
     "strict_aud": True,
     # Time claims are checked against the injected clock below, not pyjwt's wall clock.

@@ -12,7 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -30,26 +30,26 @@ from router.upstream import (
 from scoring_runtime.http_protocol import CLIENT_DISCONNECT, DisconnectSignal
 from scoring_runtime.request_ids import RequestIds
 
-PREFIX = "/api/v1/service/"
-DEFAULT_MAX_BODY = 100 * 1024 * 1024
-SWAGGER_FETCH_TIMEOUT = 10.0
+PREFIX: Final = "/api/v1/service/"
+DEFAULT_MAX_BODY: Final = 100 * 1024 * 1024
+SWAGGER_FETCH_TIMEOUT: Final = 10.0
 # Distinct replicas tried for one request that could not be delivered.
-MAX_DELIVERY_ATTEMPTS = 3
+MAX_DELIVERY_ATTEMPTS: Final = 3
 # The status recorded (never sent) for a client that left before its answer: nginx's 499.
-CLIENT_GONE = 499
+CLIENT_GONE: Final = 499
 
-JSON_CONTENT_TYPE = (b"content-type", b"application/json")
-WWW_AUTHENTICATE = (b"www-authenticate", b"Bearer")
-RETRY_AFTER = (b"retry-after", b"1")
-CONNECTION_CLOSE = (b"connection", b"close")
-FORWARDED_METHODS = frozenset(("POST", "GET", "OPTIONS"))
-_NO_EXTENSIONS: dict[str, Any] = {}
+JSON_CONTENT_TYPE: Final = (b"content-type", b"application/json")
+WWW_AUTHENTICATE: Final = (b"www-authenticate", b"Bearer")
+RETRY_AFTER: Final = (b"retry-after", b"1")
+CONNECTION_CLOSE: Final = (b"connection", b"close")
+FORWARDED_METHODS: Final = frozenset(("POST", "GET", "OPTIONS"))
+_NO_EXTENSIONS: Final[dict[str, Any]] = {}
 # Headers the router sets on the response itself; the replica's copies are dropped.
-OWN_RESPONSE_HEADERS = frozenset(
+OWN_RESPONSE_HEADERS: Final = frozenset(
     (b"x-request-id", b"x-ms-client-request-id", b"azureml-model-deployment")
 )
 # Credentials stay at the front door: replicas never see them.
-NOT_FORWARDED = frozenset((b"authorization",))
+NOT_FORWARDED: Final = frozenset((b"authorization",))
 
 
 class ClientGone(Exception):

@@ -20,14 +20,14 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from scoring_runtime.alarm import Alarm
 
 T = TypeVar("T")
 
 # Above this many ready replicas, sample two at random instead of scanning them all.
-SCAN_LIMIT = 8
+SCAN_LIMIT: Final = 8
 
 
 class QueueFull(Exception):

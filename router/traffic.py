@@ -10,9 +10,10 @@ import math
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 # Percentiles are user floats: 33.3 + 33.3 + 33.4 must not count as over 100.
-_TOLERANCE = 1e-9
+_TOLERANCE: Final = 1e-9
 
 
 @dataclass(frozen=True)

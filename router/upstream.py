@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -31,27 +31,27 @@ __all__ = [
 ]
 
 # Buffered, unread response body above which the replica is asked to wait (TCP backpressure).
-HIGH_WATER = 1024 * 1024
+HIGH_WATER: Final = 1024 * 1024
 # A length-delimited body up to this size is awaited whole before request() returns, so
 # it comes back `complete` even when the replica wrote headers and body separately.
-WHOLE_BODY_LIMIT = HIGH_WATER
+WHOLE_BODY_LIMIT: Final = HIGH_WATER
 # Requests up to this size go out in one write of one joined buffer; bigger bodies are
 # written after the head rather than copied into it.
-JOIN_LIMIT = 64 * 1024
+JOIN_LIMIT: Final = 64 * 1024
 
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded by a proxy.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding",
      b"upgrade", b"trailer")
 )  # fmt: skip
 # The pool writes Host and Content-Length itself, and the whole body is already in hand,
 # so a client's Expect: 100-continue has nothing left to ask.
-_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+_REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 # The ASGI server re-frames the body, so the replica's framing must not leak through.
-_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
-_CONNECTION_OPTIONS = frozenset((b"keep-alive", b"close"))
-_PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b"Keep-Alive", b"Close"))
-_NO_BODY_METHODS = frozenset((b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"))
+_RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length"}
+_CONNECTION_OPTIONS: Final = frozenset((b"keep-alive", b"close"))
+_PLAIN_CONNECTION: Final = frozenset((b"keep-alive", b"close", b"Keep-Alive", b"Close"))
+_NO_BODY_METHODS: Final = frozenset((b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"))
 
 
 class UpstreamError(Exception):

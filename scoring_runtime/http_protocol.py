@@ -8,9 +8,10 @@ connections, uvicorn's protocol cost about 19 µs of CPU per request and this on
 an `asyncio.Event`, a `RequestResponseCycle` of eleven arguments, a keep-alive timer and
 a done callback, and ran two regex searches per response header. Here a request costs
 one `_Exchange`, its task, and a future only when `receive()` must wait; the keep-alive
-timer is one per connection, re-armed when it fires; response headers are checked with
-two `bytes.translate` calls in all. Behaviour is uvicorn's (tests/scoring_runtime/
-test_http_server_conformance.py pins it through real sockets).
+timer is one per connection, re-armed when it fires; a response's header names are looked
+up among those already seen, and its values are checked in one pass over the joined head.
+Behaviour is uvicorn's (tests/scoring_runtime/test_http_server_conformance.py pins it
+through real sockets).
 
 A response's head is held until its first body message so both go out in one write
 (on loopback each write wakes the client), or at the next turn of the loop if the body
@@ -25,7 +26,7 @@ import http
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 from urllib.parse import unquote
 
 import httptools
@@ -37,27 +38,54 @@ from scoring_runtime.alarm import Alarm
 
 __all__ = ["CLIENT_DISCONNECT", "DisconnectSignal", "HttpProtocol"]
 
-CLIENT_DISCONNECT = "mlfe.client_disconnect"
+CLIENT_DISCONNECT: Final = "mlfe.client_disconnect"
 
 # Request body buffered and not yet received by the app, above which reading pauses.
-HIGH_WATER = 64 * 1024
+HIGH_WATER: Final = 64 * 1024
 # Above this, a held head and its body go out with writelines() rather than joined.
-JOIN_LIMIT = 64 * 1024
+JOIN_LIMIT: Final = 64 * 1024
 
 # Bytes refused in response header names (RFC 9110 §5.6.2 tokens only) and values (no
 # control characters, so no CR/LF response splitting). Checked with bytes.translate, which
-# deletes them: a shorter result means one was there.
-_INVALID_NAME = bytes(range(0x20)) + b'\x7f()<>@,;:[]={} \\"'
-_INVALID_VALUE = bytes((*range(0x09), *range(0x0A, 0x20), 0x7F))
-_NO_BODY_STATUS = frozenset((204, 304))
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_SERVER_ERROR_HEADERS = [
+# deletes them: a shorter result means one was there. Values are checked in the joined
+# head, which is shorter by exactly its own line ends when they are clean.
+_INVALID_NAME: Final = bytes(range(0x20)) + b'\x7f()<>@,;:[]={} \\"'
+_INVALID_VALUE: Final = bytes((*range(0x09), *range(0x0A, 0x20), 0x7F))
+# What a response header name means to the framing. Names already seen valid and in lower
+# case are remembered with theirs, so a known name costs one dict lookup instead of a
+# lower(), three comparisons and its share of a check. Bounded: a server answering with
+# endless invented names cannot grow it.
+_PLAIN: Final = 0
+_CONTENT_LENGTH: Final = 1
+_TRANSFER_ENCODING: Final = 2
+_CONNECTION: Final = 3
+_NAME_KINDS: Final = {
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+}
+_NAME_KINDS_LIMIT: Final = 1024
+_NO_BODY_STATUS: Final = frozenset((204, 304))
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_SERVER_ERROR_HEADERS: Final = [
     (b"content-type", b"text/plain; charset=utf-8"),
     (b"content-length", b"21"),
     (b"connection", b"close"),
 ]
 
 logger = logging.getLogger("uvicorn.error")
+
+
+def _checked_name(name: bytes) -> tuple[bytes, int]:
+    """A response header name not seen before: lower-cased (as it is sent) and checked,
+    with what it means to the framing; raises RuntimeError for an invalid one."""
+    lowered = name.lower()
+    if not lowered or len(lowered.translate(None, _INVALID_NAME)) != len(lowered):
+        raise RuntimeError("Invalid HTTP header name.")
+    kind = _NAME_KINDS.get(lowered, _PLAIN)
+    if lowered == name and len(_NAME_KINDS) < _NAME_KINDS_LIMIT:
+        _NAME_KINDS[lowered] = kind
+    return lowered, kind
 
 
 def _status_line(status: int) -> bytes:
@@ -68,7 +96,7 @@ def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
 
 
-STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+STATUS_LINES: Final = {status: _status_line(status) for status in range(100, 600)}
 
 
 class DisconnectSignal:
@@ -477,41 +505,48 @@ class _Exchange:
         self.response_started = True
         self.expect_continue = False
         head = [STATUS_LINES.get(status) or _status_line(status)]
-        names = []
-        values = []
         length: bytes | None = None
         chunked = close = False
+        count = 0
         for name, value in headers:
-            names.append(name)
-            values.append(value)
-            name = name.lower()
-            if name == b"content-length" and length is None and not chunked:
-                length = value
-            elif name == b"transfer-encoding" and length is None and value.lower() == b"chunked":
-                chunked = True
-            elif name == b"connection" and b"close" in [
+            kind = _NAME_KINDS.get(name)
+            if kind is None:
+                name, kind = _checked_name(name)
+            if kind == _CONTENT_LENGTH:
+                if length is None and not chunked:
+                    length = value
+            elif kind == _TRANSFER_ENCODING:
+                if length is None and value.lower() == b"chunked":
+                    chunked = True
+            elif kind == _CONNECTION and b"close" in [
                 token.strip() for token in value.lower().split(b",")
             ]:
                 close = True
-            head += (name, b": ", value, b"\r\n")
-        joined = b"".join(names)
-        if len(joined.translate(None, _INVALID_NAME)) != len(joined) or b"" in names:
-            raise RuntimeError("Invalid HTTP header name.")
-        joined = b"".join(values)
-        if len(joined.translate(None, _INVALID_VALUE)) != len(joined):
+            head.append(name)
+            head.append(b": ")
+            head.append(value)
+            head.append(b"\r\n")
+            count += 1
+        if not close and not self.keep_alive:
+            head.append(b"connection: close\r\n")
+            count += 1
+        if length is None and not chunked and not self.head and status not in _NO_BODY_STATUS:
+            chunked = True
+            head.append(b"transfer-encoding: chunked\r\n")
+            count += 1
+        head.append(b"\r\n")
+        held = b"".join(head)
+        # Names are checked above; a value may hold no control character but tab. In one
+        # pass over the whole head, only the CR LF ending each of its lines (the status
+        # line, every header and the blank one) may be deleted.
+        if len(held) - len(held.translate(None, _INVALID_VALUE)) != 2 * (count + 2):
             raise RuntimeError("Invalid HTTP header value.")
         if close:
             self.keep_alive = False
-        elif not self.keep_alive:
-            head.append(b"connection: close\r\n")
         if length is not None:
             self.remaining = int(length.decode())
-        elif not chunked and not self.head and status not in _NO_BODY_STATUS:
-            chunked = True
-            head.append(b"transfer-encoding: chunked\r\n")
         self.chunked = chunked
-        head.append(b"\r\n")
-        self.held = b"".join(head)
+        self.held = held
 
     def _send_body(self, body: bytes, more_body: bool) -> None:
         if self.head:

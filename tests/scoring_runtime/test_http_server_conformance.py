@@ -472,6 +472,27 @@ async def test_a_content_length_the_app_sends_frames_the_response_as_is(serve: S
         assert response.body == b"hello world"
 
 
+async def test_header_names_in_any_case_frame_the_response_and_go_out_in_lower_case(
+    serve: Serve,
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive)
+        headers = [(b"Content-Length", b"5"), (b"X-App", b"Yes"), (b"Connection", b"Close")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    served = serve(app)
+    reader, writer = await served.connect()
+    writer.write(request())
+    data = await read_until_closed(reader)  # the app's Connection: Close is obeyed
+    response = await parse_complete(data)
+    assert response is not None and response.status == 200
+    assert response.body == b"hello"
+    assert response.header(b"transfer-encoding") is None
+    assert b"\r\ncontent-length: 5\r\n" in data
+    assert b"\r\nx-app: Yes\r\n" in data  # names lower-cased, values as sent
+
+
 async def test_a_streamed_response_without_content_length_is_chunked(serve: Serve) -> None:
     parts = [b"abc", b"", b"defgh", b"x" * 70_000, b"", b"end"]
 
@@ -727,10 +748,23 @@ async def test_an_app_raising_mid_response_makes_the_server_close_the_connection
     [
         (b"x-evil", b"a\r\nx-injected: yes"),
         (b"x-evil", b"a\nx-injected: yes"),
+        (b"x-evil", b"a\rx-injected: yes"),
+        (b"x-evil", b"a\x00x-injected: yes"),
         (b"x-evil\r\nx-injected", b"yes"),
         (b"bad name", b"yes"),
+        (b"x-del\x7fx-injected", b"yes"),
+        (b"", b"x-injected: yes"),
     ],
-    ids=["crlf-in-value", "lf-in-value", "crlf-in-name", "space-in-name"],
+    ids=[
+        "crlf-in-value",
+        "lf-in-value",
+        "cr-in-value",
+        "nul-in-value",
+        "crlf-in-name",
+        "space-in-name",
+        "del-in-name",
+        "empty-name",
+    ],
 )
 async def test_an_invalid_response_header_never_reaches_the_client(
     serve: Serve,
