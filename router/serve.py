@@ -62,6 +62,7 @@ from router.server import bind_tcp, uvicorn_server
 from router.services import ServiceManager
 from router.store import SqliteStore, Store, StoreError
 from scoring_runtime.heap import freeze_startup_heap
+from scoring_runtime.listen import raise_open_files_limit
 
 if TYPE_CHECKING:
     from router.serve_kubernetes import ClusterRouter
@@ -236,6 +237,9 @@ def public_url_for(host: str, port: int) -> str:
 
 async def serve(settings: ServeSettings) -> None:
     """Run the router until SIGTERM or SIGINT, then shut down without orphans."""
+    before, after = raise_open_files_limit()
+    if after != before:
+        logger.info("event=open-files-limit-raised before=%d after=%d", before, after)
     try:
         sock = bind_tcp(settings.host, settings.port)
     except OSError as error:

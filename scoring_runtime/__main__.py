@@ -23,7 +23,7 @@ from scoring_runtime.config import RuntimeConfig, parse_config
 from scoring_runtime.cors import CorsPolicy
 from scoring_runtime.heap import freeze_startup_heap
 from scoring_runtime.invoke import Invoker
-from scoring_runtime.listen import bind_tcp, bind_unix, serve
+from scoring_runtime.listen import bind_tcp, bind_unix, raise_open_files_limit, serve
 from scoring_runtime.loader import EntryScript, ScriptLoadError, load_entry_script, run_init
 from scoring_runtime.log import configure_logging, log_event
 from scoring_runtime.metrics import RuntimeMetrics
@@ -112,6 +112,9 @@ def _serve(config: RuntimeConfig, script: EntryScript, swagger: SwaggerDocuments
         cors=CorsPolicy.from_origins(config.cors_origins),
         scoring_timeout_ms=config.scoring_timeout_ms,
     )
+    before, after = raise_open_files_limit()
+    if after != before:
+        log_event("open_files_limit_raised", logging.DEBUG, before=before, after=after)
     try:
         sock = _bind(config)
     except OSError as error:

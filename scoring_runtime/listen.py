@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import resource
 import signal
 import socket
 import stat
@@ -26,6 +27,29 @@ from scoring_runtime.http_protocol import HttpProtocol
 # closes a connection a client is about to reuse.
 KEEP_ALIVE_S = 75
 BACKLOG = 2048
+
+
+# Enough for any load test; an unlimited hard limit is not taken at its word.
+OPEN_FILES_CEILING = 1 << 20
+
+
+def raise_open_files_limit(ceiling: int = OPEN_FILES_CEILING) -> tuple[int, int]:
+    """Lift this process's soft limit on open files to its hard limit (at most `ceiling`);
+    returns the soft limit (before, after).
+
+    Every client connection is a file. The usual default soft limit is 1,024 while the hard
+    limit is far higher, so a load test's thousandth connection would be refused for no
+    reason the user chose; servers that expect many clients raise it themselves, as nginx
+    does with `worker_rlimit_nofile`. A limit that cannot be raised is left as it is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    return soft, target
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -94,12 +94,14 @@ def start_runtime(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     ready_timeout: float = 60.0,
+    preexec_fn: Callable[[], object] | None = None,
 ) -> RuntimeProcess:
     """Start `python -m scoring_runtime` on a free TCP port (or a Unix socket) and wait.
 
     `uds=True` listens on a socket in a fresh temporary folder, a path on that path.
     `args` are extra flags; `env` is added to this process's environment (a value of
-    "" removes the variable). Raises RuntimeExited when the process stops before ready.
+    "" removes the variable); `preexec_fn` runs in the child before it starts (to set
+    resource limits, say). Raises RuntimeExited when the process stops before ready.
     """
     # Short path: Unix socket paths are limited to ~100 characters.
     workdir = Path(tempfile.mkdtemp(prefix="mlfe", dir="/tmp"))
@@ -136,7 +138,12 @@ def start_runtime(
 
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, env=environment, cwd=cwd
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            cwd=cwd,
+            preexec_fn=preexec_fn,
         )
     deadline = time.monotonic() + ready_timeout
     while True:

@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class ServeProcess(ChildProcess):
         args: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
         ready_timeout: float = 30.0,
+        preexec_fn: Callable[[], object] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.log_path = state_dir.parent / f"{state_dir.name}-serve.log"
@@ -59,6 +60,7 @@ class ServeProcess(ChildProcess):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=environment,
+                preexec_fn=preexec_fn,
             )
         super().__init__(process)
         self.url = self._wait_for_url(ready_timeout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -122,6 +123,23 @@ def test_the_admin_key_can_come_from_the_environment(state_dir: Path) -> None:
             assert client.get(f"{API}/services").status_code == 200
         with server.client(key="something-else") as client:
             assert client.get(f"{API}/services").status_code == 401
+
+
+def test_the_router_lifts_a_low_soft_limit_on_open_files(state_dir: Path) -> None:
+    # Each client connection is a file: a load test opens thousands (the replica side
+    # is tested with real connections in tests/scoring_runtime/test_listen.py).
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip("the hard limit on open files leaves nothing to lift")
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    with ServeProcess(state_dir, preexec_fn=low_soft_limit) as server:
+        limits = Path(f"/proc/{server.process.pid}/limits").read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert int(line.split()[3]) > 256
+        assert "event=open-files-limit-raised before=256" in server.log()
 
 
 def test_the_kubernetes_backend_says_what_is_missing_without_a_traceback(
