@@ -95,8 +95,9 @@ async def serve_router(port: int, replica: str, http: str = "mlfe", slots: int =
     from router.app import create_app
     from router.metrics import RouterMetrics
     from router.registry import Registry, ServiceSpec, VersionSpec
-    from router.server import bind_tcp, uvicorn_server
+    from router.server import uvicorn_server
     from scoring_runtime.heap import freeze_startup_heap
+    from scoring_runtime.listen import bind_tcp
 
     registry = Registry(RouterMetrics())
     versions = tuple(

@@ -58,11 +58,11 @@ from router.serve_settings import (
     add_arguments,
     settings_from,
 )
-from router.server import bind_tcp, uvicorn_server
+from router.server import uvicorn_server
 from router.services import ServiceManager
 from router.store import SqliteStore, Store, StoreError
 from scoring_runtime.heap import freeze_startup_heap
-from scoring_runtime.listen import raise_open_files_limit
+from scoring_runtime.listen import bind_tcp, raise_open_files_limit
 
 if TYPE_CHECKING:
     from router.serve_kubernetes import ClusterRouter

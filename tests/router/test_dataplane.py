@@ -24,8 +24,9 @@ from router.auth import issue_token
 from router.dataplane import ClientWatch, watch_client
 from router.metrics import RouterMetrics
 from router.registry import Registry, ServiceSpec, VersionSpec
-from router.server import bind_tcp, uvicorn_server
+from router.server import uvicorn_server
 from scoring_runtime.http_protocol import CLIENT_DISCONNECT, DisconnectSignal
+from scoring_runtime.listen import bind_tcp
 from tests.helpers.runtime_proc import RuntimeProcess, start_runtime
 
 SCRIPTS = Path(__file__).parent / "scripts"

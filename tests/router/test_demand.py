@@ -25,8 +25,9 @@ from router.demand import ClusterDemandSource, DemandMeters, demand_route
 from router.dispatch import Replica
 from router.metrics import RouterMetrics
 from router.registry import Registry, ServiceSpec, VersionSpec
-from router.server import bind_tcp, uvicorn_server
+from router.server import uvicorn_server
 from router.upstream import UpstreamPool
+from scoring_runtime.listen import bind_tcp
 from tests.kube import Cluster, start_cluster
 
 NAMESPACE = "default"

@@ -26,7 +26,6 @@ from router.config import parse_deployment_config, parse_inference_config
 from router.metrics import RouterMetrics
 from router.registry import Registry
 from router.replicas import RegistryReplicaSink
-from router.server import bind_tcp
 from router.service_requests import (
     Busy,
     InvalidRequest,
@@ -39,6 +38,7 @@ from router.service_requests import (
 from router.services import ServiceManager
 from router.store import SqliteStore
 from router.versions import pod_options_for
+from scoring_runtime.listen import bind_tcp
 from tests.helpers.processes import pid_alive
 from tests.router.control_plane import serving
 

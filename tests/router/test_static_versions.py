@@ -37,9 +37,9 @@ from router.manage import PREFIX, create_manage_app
 from router.metrics import RouterMetrics
 from router.registry import Registry
 from router.replicas import RegistryReplicaSink
-from router.server import bind_tcp
 from router.services import ServiceManager
 from router.store import SqliteStore
+from scoring_runtime.listen import bind_tcp
 from tests.helpers.runtime_proc import RuntimeProcess, start_runtime
 from tests.helpers.waiting import eventually
 from tests.router.control_plane import serving

@@ -21,8 +21,9 @@ import pytest
 import pytest_asyncio
 import uvicorn
 
-from router.server import bind_tcp, uvicorn_server
+from router.server import uvicorn_server
 from scoring_runtime.http_protocol import CLIENT_DISCONNECT, DisconnectSignal
+from scoring_runtime.listen import bind_tcp
 from tests.helpers.waiting import eventually
 
 # One event loop for the module, so most tests share one server (starting and stopping a

@@ -30,7 +30,8 @@ from router.app import create_app
 from router.metrics import RouterMetrics
 from router.registry import Registry, ServiceSpec, VersionSpec
 from router.replicas import RegistryReplicaSink
-from router.server import bind_tcp, uvicorn_server
+from router.server import uvicorn_server
+from scoring_runtime.listen import bind_tcp
 from tests.helpers.waiting import eventually
 
 SCRIPTS = Path(__file__).parent.parent / "scripts"
