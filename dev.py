@@ -27,25 +27,28 @@ PIP = (str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q")
 COMPILED_PACKAGES = ("router", "scoring_runtime")  # where setup.py's modules live
 
 
+def compiled_files() -> list[Path]:
+    """The modules setup.py compiled, as the editable install put them next to their source."""
+    return [built for package in COMPILED_PACKAGES for built in (ROOT / package).glob("*.so")]
+
+
 def stale_compiled_modules() -> list[str]:
     """Modules whose mypyc build (setup.py) is older than their source.
 
     An editable install puts the compiled module next to its source, and Python imports
     the compiled one first: after an edit it must be rebuilt or the edit is not seen."""
     stale = []
-    for package in COMPILED_PACKAGES:
-        for built in (ROOT / package).glob("*.so"):
-            source = built.with_name(built.name.split(".", 1)[0] + ".py")
-            if not source.exists() or source.stat().st_mtime > built.stat().st_mtime:
-                stale.append(f"{package}.{source.stem}")
+    for built in compiled_files():
+        source = built.with_name(built.name.split(".", 1)[0] + ".py")
+        if not source.exists() or source.stat().st_mtime > built.stat().st_mtime:
+            stale.append(f"{built.parent.name}.{source.stem}")
     return stale
 
 
 def remove_compiled_modules() -> None:
     """Before a build: a module setup.py no longer compiles must not stay shadowed."""
-    for package in COMPILED_PACKAGES:
-        for built in (ROOT / package).glob("*.so"):
-            built.unlink()
+    for built in compiled_files():
+        built.unlink()
     for shared in ROOT.glob("*__mypyc*.so"):  # the library the compiled modules share
         shared.unlink()
 

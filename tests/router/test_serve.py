@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers.processes import soft_open_files_limit, with_soft_open_files_limit
 from tests.router.serve_process import ServeProcess, pid_alive, wait_for_state, wait_gone
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -132,13 +133,8 @@ def test_the_router_lifts_a_low_soft_limit_on_open_files(state_dir: Path) -> Non
     if hard != resource.RLIM_INFINITY and hard <= 256:
         pytest.skip("the hard limit on open files leaves nothing to lift")
 
-    def low_soft_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-
-    with ServeProcess(state_dir, preexec_fn=low_soft_limit) as server:
-        limits = Path(f"/proc/{server.process.pid}/limits").read_text()
-        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
-        assert int(line.split()[3]) > 256
+    with ServeProcess(state_dir, preexec_fn=with_soft_open_files_limit(256)) as server:
+        assert soft_open_files_limit(server.process.pid) > 256
         assert "event=open-files-limit-raised before=256" in server.log()
 
 

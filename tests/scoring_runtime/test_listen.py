@@ -7,12 +7,12 @@ import asyncio
 import resource
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from scoring_runtime.listen import OPEN_FILES_CEILING
+from tests.helpers.processes import soft_open_files_limit, with_soft_open_files_limit
 from tests.helpers.runtime_proc import start_runtime
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -24,22 +24,6 @@ needs_room = pytest.mark.skipif(
     HARD_LIMIT != resource.RLIM_INFINITY and HARD_LIMIT < 4 * CONNECTIONS,
     reason="the hard limit on open files is too low to tell a raised soft limit apart",
 )
-
-
-def soft_limit(soft: int) -> Callable[[], None]:
-    """For preexec_fn: start the child with `soft` open files, the hard limit unchanged."""
-
-    def lower() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, HARD_LIMIT))
-
-    return lower
-
-
-def soft_limit_of(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
-        if line.startswith("Max open files"):
-            return int(line.split()[3])
-    raise AssertionError("no open files line in /proc/PID/limits")
 
 
 def expected_raised_limit() -> int:
@@ -66,8 +50,10 @@ async def health_over_connections(port: int, count: int) -> list[bytes]:
 
 @needs_room
 def test_a_replica_under_a_low_soft_limit_serves_more_connections_than_it() -> None:
-    with start_runtime(SCRIPTS / "echo_text.py", preexec_fn=soft_limit(LOW_SOFT_LIMIT)) as runtime:
-        assert soft_limit_of(runtime.process.pid) == expected_raised_limit()
+    with start_runtime(
+        SCRIPTS / "echo_text.py", preexec_fn=with_soft_open_files_limit(LOW_SOFT_LIMIT)
+    ) as runtime:
+        assert soft_open_files_limit(runtime.process.pid) == expected_raised_limit()
         assert runtime.port is not None
         statuses = asyncio.run(health_over_connections(runtime.port, CONNECTIONS))
     assert statuses == [b"HTTP/1.1 200 OK\r\n"] * CONNECTIONS
@@ -92,7 +78,7 @@ def test_raise_open_files_limit_reports_before_and_after(
         text=True,
         timeout=60,
         check=True,
-        preexec_fn=soft_limit(LOW_SOFT_LIMIT),
+        preexec_fn=with_soft_open_files_limit(LOW_SOFT_LIMIT),
     )
     before, after = (int(x) for x in result.stdout.split())
     assert before == LOW_SOFT_LIMIT
