@@ -30,6 +30,11 @@ CLOCK_SKEW: Final = 5.0
 # Real keys are 43 characters and our tokens a few hundred; longer values are refused
 # before any work is spent on them.
 MAX_CREDENTIAL_BYTES: Final = 4096
+# Authorization headers KeyAuth accepted, remembered as sent: a client repeats its header
+# on every request, and a set lookup costs a tenth of parsing it and comparing it with
+# both keys. Only the keys' own spellings can get in; the bound holds whatever whitespace
+# and capitalization of "Bearer" clients vary.
+ACCEPTED_HEADERS_LIMIT: Final = 64
 
 _DECODE_OPTIONS: Final[Any] = {
     "require": ["exp", "iat", "aud"],
@@ -86,11 +91,18 @@ class KeyAuth:
             raise ValueError("key auth needs both a primary and a secondary key")
         self._primary = primary.encode()
         self._secondary = secondary.encode()
+        self._accepted: set[bytes] = set()
 
     def __repr__(self) -> str:
         return "KeyAuth(primary=***, secondary=***)"
 
     def authenticate(self, authorization: bytes | None) -> str | None:
+        if authorization is None:
+            return AUTH_FAILED
+        # A hashed lookup: a wrong header differs in its hash, so its bytes are never
+        # compared with an accepted one and the timing says nothing about the keys.
+        if authorization in self._accepted:
+            return None
         credential = bearer_credential(authorization)
         if credential is None:
             return AUTH_FAILED
@@ -98,15 +110,19 @@ class KeyAuth:
         matched = hmac.compare_digest(credential, self._primary) | hmac.compare_digest(
             credential, self._secondary
         )
-        return None if matched else AUTH_FAILED
+        if not matched:
+            return AUTH_FAILED
+        if len(self._accepted) < ACCEPTED_HEADERS_LIMIT:
+            self._accepted.add(authorization)
+        return None
 
 
 class TokenAuth:
     """JWTs signed with the service's secret (HS256), for this service (`aud`), unexpired.
 
-    A verified token is remembered until its `exp`, so a client reusing its token costs a
-    dict lookup instead of an HMAC and a JSON parse. Refused tokens are not remembered:
-    an attacker could otherwise fill the cache.
+    A verified token is remembered, by its Authorization header as sent, until its `exp`,
+    so a client reusing its token costs a dict lookup instead of an HMAC and a JSON
+    parse. Refused tokens are not remembered: an attacker could otherwise fill the cache.
     """
 
     scheme = "token"
@@ -139,22 +155,24 @@ class TokenAuth:
         return len(self._cache)
 
     def authenticate(self, authorization: bytes | None) -> str | None:
-        credential = bearer_credential(authorization)
-        if credential is None:
+        if authorization is None:
             return AUTH_FAILED
         now = self._clock()
-        expires_at = self._cache.get(credential)
+        expires_at = self._cache.get(authorization)
         if expires_at is not None:
             if now < expires_at:
                 return None
-            del self._cache[credential]
+            del self._cache[authorization]
+            return AUTH_FAILED
+        credential = bearer_credential(authorization)
+        if credential is None:
             return AUTH_FAILED
         expires_at = self._verify(credential, now)
         if expires_at is None:
             return AUTH_FAILED
         if len(self._cache) >= self._cache_size:
             self._evict(now)
-        self._cache[credential] = expires_at
+        self._cache[authorization] = expires_at
         return None
 
     def _verify(self, token: bytes, now: float) -> float | None:

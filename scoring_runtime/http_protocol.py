@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, cast
@@ -65,6 +66,11 @@ _NAME_KINDS: Final = {
     b"connection": _CONNECTION,
 }
 _NAME_KINDS_LIMIT: Final = 1024
+# Request targets already seen to be plain paths (no query, escape or fragment), with
+# their decoded form: clients call the same few URLs over and over. Bounded like the above.
+_PLAIN_PATHS: Final[dict[bytes, str]] = {}
+_PLAIN_PATHS_LIMIT: Final = 1024
+_PLAIN_PATH_MAX_BYTES: Final = 256
 _NO_BODY_STATUS: Final = frozenset((204, 304))
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _SERVER_ERROR_HEADERS: Final = [
@@ -133,6 +139,42 @@ class DisconnectSignal:
             on_gone()
 
 
+class _HeldHeads:
+    """Responses whose head waits for its body, flushed together at the next turn of the
+    loop: one callback per turn for all of a server's connections instead of one per
+    response (a loop callback costs more than the rest of a small response's head)."""
+
+    __slots__ = ("_exchanges", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._exchanges: list[_Exchange] = []
+        self._scheduled = False
+
+    def add(self, exchange: _Exchange) -> None:
+        self._exchanges.append(exchange)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        exchanges, self._exchanges = self._exchanges, []
+        for exchange in exchanges:
+            exchange._flush_held()
+
+
+# One per server: its connections share a loop.
+_HELD_HEADS: Final[weakref.WeakKeyDictionary[ServerState, _HeldHeads]] = weakref.WeakKeyDictionary()
+
+
+def _held_heads(server_state: ServerState, loop: asyncio.AbstractEventLoop) -> _HeldHeads:
+    held = _HELD_HEADS.get(server_state)
+    if held is None or held._loop is not loop:
+        held = _HELD_HEADS[server_state] = _HeldHeads(loop)
+    return held
+
+
 class HttpProtocol(asyncio.Protocol):
     """One client connection: requests parsed by httptools, each served by the ASGI app
     in its own task, one at a time (pipelined requests wait their turn)."""
@@ -156,6 +198,7 @@ class HttpProtocol(asyncio.Protocol):
         self.app_state = app_state
         self.server_state = server_state
         self.tasks = server_state.tasks
+        self.held_heads = _held_heads(server_state, self.loop)
         self.parser = httptools.HttpRequestParser(self)
         # Answer the first of pipelined requests even if the client closes after sending.
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
@@ -247,11 +290,16 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         url = self.url
+        path = _PLAIN_PATHS.get(url)
+        if path is not None:
+            raw_path, query = url, b""
         # find() rather than `in`: bytes' `in` first tries its operand as an int, which
         # raises and clears a TypeError every time (about 70 ns each).
-        if url[:1] == b"/" and url.find(b"?") < 0 and url.find(b"%") < 0 and url.find(b"#") < 0:
+        elif url[:1] == b"/" and url.find(b"?") < 0 and url.find(b"%") < 0 and url.find(b"#") < 0:
             raw_path, query = url, b""
             path = url.decode("ascii")
+            if len(_PLAIN_PATHS) < _PLAIN_PATHS_LIMIT and len(url) <= _PLAIN_PATH_MAX_BYTES:
+                _PLAIN_PATHS[url] = path
         else:
             parsed = httptools.parse_url(url)
             raw_path, query = parsed.path, parsed.query or b""
@@ -491,7 +539,7 @@ class _Exchange:
             if defaults:
                 headers = [*defaults, *headers]
             self._start_response(message["status"], headers)
-            conn.loop.call_soon(self._flush_held)
+            conn.held_heads.add(self)
         elif not self.response_complete:
             if kind != "http.response.body":
                 raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
@@ -508,7 +556,13 @@ class _Exchange:
         length: bytes | None = None
         chunked = close = False
         count = 0
-        for name, value in headers:
+        for pair in headers:
+            # Tuples, the usual case, are read in place; unpacking through an iterator
+            # costs several times as much per header.
+            if type(pair) is tuple:
+                name, value = cast(tuple[bytes, bytes], pair)
+            else:
+                name, value = pair
             kind = _NAME_KINDS.get(name)
             if kind is None:
                 name, kind = _checked_name(name)

@@ -9,7 +9,6 @@ collector builds the families, with the same names and series, when /metrics is 
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Final
 
@@ -33,7 +32,14 @@ class HistogramTally:
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self._counts[bisect_left(self._bounds, value)] += 1
+        # A scan from the smallest bound: requests mostly land in the first few buckets,
+        # where this (compiled) beats a call into bisect.
+        index = 0
+        for bound in self._bounds:
+            if value <= bound:
+                break
+            index += 1
+        self._counts[index] += 1
         self.sum += value
 
     @property

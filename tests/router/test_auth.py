@@ -12,6 +12,7 @@ import jwt
 import pytest
 
 from router.auth import (
+    ACCEPTED_HEADERS_LIMIT,
     AUTH_FAILED,
     CLOCK_SKEW,
     KeyAuth,
@@ -121,6 +122,36 @@ def key_auth() -> KeyAuth:
 )
 def test_key_auth_matrix(key_auth: KeyAuth, header: bytes | None, allowed: bool) -> None:
     assert key_auth.authenticate(header) == (None if allowed else AUTH_FAILED)
+
+
+def test_key_auth_remembers_accepted_headers_only(
+    key_auth: KeyAuth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    accepted = [b"Bearer primary-key-value", b"bearer  secondary-key-value "]
+    for header in accepted:
+        assert key_auth.authenticate(header) is None
+
+    def fail(a: bytes, b: bytes) -> bool:
+        raise AssertionError("an accepted header was compared with the keys again")
+
+    monkeypatch.setattr(hmac, "compare_digest", fail)
+    for header in accepted:
+        assert key_auth.authenticate(header) is None
+    monkeypatch.undo()
+    # Refusals are never remembered, and a near miss of a remembered header is refused.
+    for header in (b"Bearer primary-key-valu", b"Bearer primary-key-value-", b"Bearer x"):
+        assert key_auth.authenticate(header) == AUTH_FAILED
+        assert key_auth.authenticate(header) == AUTH_FAILED
+
+
+def test_key_auth_remembers_a_bounded_number_of_spellings(key_auth: KeyAuth) -> None:
+    spellings = [b"Bearer" + b" " * n + b"primary-key-value" for n in range(1, 200)]
+    for header in spellings:
+        assert key_auth.authenticate(header) is None
+    # Past the bound the rest are still accepted, by comparing them with the keys.
+    for header in reversed(spellings):
+        assert key_auth.authenticate(header) is None
+    assert len(key_auth._accepted) == ACCEPTED_HEADERS_LIMIT
 
 
 def test_key_auth_message_does_not_say_what_was_wrong(key_auth: KeyAuth) -> None:
@@ -274,15 +305,15 @@ def test_cache_is_bounded_evicting_expired_then_oldest(clock: FakeClock) -> None
     newcomer = token(2000)
     assert auth.authenticate(bearer(newcomer)) is None
     cached = auth._cache  # which tokens stay cached is the behaviour under test
-    assert sorted(cached) == sorted([*long, newcomer])
+    assert sorted(cached) == sorted(bearer(t) for t in [*long, newcomer])
     # Fill up again: nothing has expired now, so the oldest go first.
     more = [token(3000 + i) for i in range(5)]
     for credential in more:
         assert auth.authenticate(bearer(credential)) is None
     cached = auth._cache
     assert len(cached) <= 10
-    assert long[0] not in cached
-    assert newcomer in cached and more[-1] in cached
+    assert bearer(long[0]) not in cached
+    assert bearer(newcomer) in cached and bearer(more[-1]) in cached
     # Evicted tokens are still valid: verified again, not refused.
     assert auth.authenticate(bearer(long[0])) is None
 
