@@ -141,7 +141,7 @@ class DisconnectSignal:
 
 class _HeldHeads:
     """Responses whose head waits for its body, flushed together at the next turn of the
-    loop: one callback per turn for all of a server's connections instead of one per
+    loop: one callback per turn for all of the loop's connections instead of one per
     response (a loop callback costs more than the rest of a small response's head)."""
 
     __slots__ = ("_exchanges", "_loop", "_scheduled")
@@ -164,14 +164,16 @@ class _HeldHeads:
             exchange._flush_held()
 
 
-# One per server: its connections share a loop.
-_HELD_HEADS: Final[weakref.WeakKeyDictionary[ServerState, _HeldHeads]] = weakref.WeakKeyDictionary()
+# One per event loop, shared by every connection it serves.
+_HELD_HEADS: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _HeldHeads]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _held_heads(server_state: ServerState, loop: asyncio.AbstractEventLoop) -> _HeldHeads:
-    held = _HELD_HEADS.get(server_state)
-    if held is None or held._loop is not loop:
-        held = _HELD_HEADS[server_state] = _HeldHeads(loop)
+def _held_heads(loop: asyncio.AbstractEventLoop) -> _HeldHeads:
+    held = _HELD_HEADS.get(loop)
+    if held is None:
+        held = _HELD_HEADS[loop] = _HeldHeads(loop)
     return held
 
 
@@ -198,7 +200,7 @@ class HttpProtocol(asyncio.Protocol):
         self.app_state = app_state
         self.server_state = server_state
         self.tasks = server_state.tasks
-        self.held_heads = _held_heads(server_state, self.loop)
+        self.held_heads = _held_heads(self.loop)
         self.parser = httptools.HttpRequestParser(self)
         # Answer the first of pipelined requests even if the client closes after sending.
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
