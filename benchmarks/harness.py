@@ -34,6 +34,10 @@ class ServerSpec:
     argv: tuple[str, ...]
     ready_url: str
     env: tuple[tuple[str, str], ...] = ()
+    # A session of its own is a scheduling group of its own under the kernel's autogroup
+    # scheduling, which changes where the server runs relative to the others (README,
+    # "Where the replicas run"); by default every server stays in the benchmark's session.
+    own_session: bool = False
 
 
 @dataclass
@@ -59,7 +63,8 @@ def running(spec: ServerSpec, log_dir: Path) -> Iterator[RunningServer]:
             stderr=subprocess.STDOUT,
             cwd=log_dir,
             env=env,
-            start_new_session=True,
+            start_new_session=spec.own_session,
+            preexec_fn=None if spec.own_session else os.setpgrp,
         )
     server = RunningServer(spec, process, log_path)
     try:

@@ -53,7 +53,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in PROTOCOLS}
     try:
         with (
-            running(replica_spec(replica), workdir) as replica_server,
+            running(replica_spec(replica, "replica"), workdir) as replica_server,
             running(
                 router_spec(ports["httptools"], replica, "httptools", "httptools"), workdir
             ) as stock,

@@ -5,17 +5,21 @@ nginx, in one run.
                                                    [--duration 10] [--connections 32]
                                                    [--slots 8] [--rounds 5]
 
-One `python -m scoring_runtime` replica serves a no-op entry script on loopback TCP (or on
-a Unix socket, as mlfe's local backend runs replicas). The same load (benchmarks/loadgen.py)
-goes (1) to the replica directly, (2) through mlfe's router (key auth, two versions split
-90/10, metrics on), (3) through the same router run as plain Python, without the modules
-setup.py compiles (when they are compiled here), and (4) through nginx as a keep-alive
-reverse proxy, when nginx is installed. Closed-loop rounds give requests/s and the proxy's
-CPU time per request (from /proc); open-loop rounds at one fixed arrival rate for all (half
-of mlfe's closed-loop rate) give the latency each proxy adds. The systems alternate in
-rounds so drift on a shared machine hits all of them; the median round is reported. Each
-round also records how often the proxy and the replica were on the same CPU, which on a
-two-core machine moves a proxy's throughput by up to 2x (PlacementMeter). Results are
+One `python -m scoring_runtime` replica serves a no-op entry script on loopback TCP (or
+on a Unix socket, as mlfe's local backend runs replicas). The same load
+(benchmarks/loadgen.py) goes (1) to the replica directly, (2) through mlfe's router (key
+auth, two versions split 90/10, metrics on), (3) through the same router to a second,
+identical replica started in a session of its own (as mlfe's local backend started
+replicas until it kept them in its session: under the kernel's autogroup scheduling each
+session is a scheduling group), (4) through the router run as plain Python, without the
+modules setup.py compiles (when they are compiled here), and (5) through nginx as a
+keep-alive reverse proxy, when nginx is installed. Every other server stays in the
+benchmark's session. Closed-loop rounds give requests/s and the proxy's CPU time per
+request (from /proc); open-loop rounds at one fixed arrival rate for all (half of mlfe's
+closed-loop rate) give the latency each proxy adds. The systems alternate in rounds so
+drift on a shared machine hits all of them; the median round is reported. Each round also
+records how often the proxy and the replica were on the same CPU, which on a two-core
+machine moves a proxy's throughput by up to 2x (PlacementMeter). Results are
 printed and written to benchmarks/results/router_overhead_TRANSPORT.json.
 """
 
@@ -156,9 +160,26 @@ class Round:
         return round(cpu_s * 1e6 / max(self.load.completed, 1), 1)
 
 
-def replica_spec(replica: ReplicaAddress, slots: int = SLOTS) -> ServerSpec:
+def replica_spec(
+    replica: ReplicaAddress, name: str, slots: int = SLOTS, own_session: bool = False
+) -> ServerSpec:
     argv = runtime_argv(*replica.runtime_args, "--max-concurrent", str(slots))
-    return ServerSpec("replica", argv, replica.ready_url)
+    return ServerSpec(name, argv, replica.ready_url, own_session=own_session)
+
+
+@dataclass(frozen=True)
+class Replica:
+    address: ReplicaAddress
+    server: RunningServer
+
+
+@dataclass(frozen=True)
+class System:
+    """What one system's rounds load: its URL, the replica behind it and the proxy, if any."""
+
+    url: str
+    replica: RunningServer
+    proxy: RunningServer | None
 
 
 def router_spec(
@@ -271,40 +292,51 @@ def plain_python_copy(workdir: Path) -> Path | None:
 
 async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="mlfe-bench-"))
-    replica_address = ReplicaAddress(
-        uds=workdir / "replica.sock" if args.replica_transport == "uds" else None,
-        port=free_port() if args.replica_transport == "tcp" else None,
-    )
     runs: dict[str, list[Round]] = {}
     open_runs: dict[str, list[Round]] = {}
     try:
         with contextlib.ExitStack() as stack:
-            replica = stack.enter_context(
-                running(replica_spec(replica_address, args.slots), workdir)
-            )
-            servers: dict[str, tuple[str, RunningServer | None]] = {
-                "direct": (replica_address.score_url, None)
+
+            def start(spec: ServerSpec) -> RunningServer:
+                return stack.enter_context(running(spec, workdir))
+
+            def start_replica(name: str, own_session: bool = False) -> Replica:
+                address = ReplicaAddress(
+                    uds=workdir / f"{name}.sock" if args.replica_transport == "uds" else None,
+                    port=free_port() if args.replica_transport == "tcp" else None,
+                )
+                return Replica(address, start(replica_spec(address, name, args.slots, own_session)))
+
+            def start_router(name: str, replica: Replica, script: Path = Path(__file__)) -> System:
+                port = free_port()
+                spec = router_spec(
+                    port, replica.address, name=name, slots=args.slots, script=script
+                )
+                url = f"http://127.0.0.1:{port}/api/v1/service/bench/score"
+                return System(url, replica.server, start(spec))
+
+            replica = start_replica("replica")
+            servers = {
+                "direct": System(replica.address.score_url, replica.server, None),
+                "mlfe": start_router("mlfe", replica),
+                "mlfe-replica-own-session": start_router(
+                    "mlfe-replica-own-session",
+                    start_replica("replica-own-session", own_session=True),
+                ),
             }
             plain = plain_python_copy(workdir)
-            routers = {"mlfe": Path(__file__)}
             if plain is not None:
-                routers["mlfe-python"] = plain / "benchmarks" / Path(__file__).name
-            for name, script in routers.items():
-                port = free_port()
-                mlfe_spec = router_spec(
-                    port, replica_address, name=name, slots=args.slots, script=script
-                )
-                router = stack.enter_context(running(mlfe_spec, workdir))
-                servers[name] = (f"http://127.0.0.1:{port}/api/v1/service/bench/score", router)
+                script = plain / "benchmarks" / Path(__file__).name
+                servers["mlfe-python"] = start_router("mlfe-python", replica, script)
             nginx_port = free_port()
-            spec = nginx_spec(nginx_port, replica_address, workdir)
+            spec = nginx_spec(nginx_port, replica.address, workdir)
             nginx_note = "nginx not installed: skipped" if spec is None else "measured"
             if spec is None:
                 print(nginx_note, flush=True)
             else:
-                nginx = stack.enter_context(running(spec, workdir))
-                servers["nginx"] = (f"http://127.0.0.1:{nginx_port}/score", nginx)
-            open_rate = await all_rounds(servers, replica, runs, open_runs, args)
+                url = f"http://127.0.0.1:{nginx_port}/score"
+                servers["nginx"] = System(url, replica.server, start(spec))
+            open_rate = await all_rounds(servers, runs, open_runs, args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -367,6 +399,18 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         }
     else:
         report["compiled_to_plain_python"] = "mlfe is installed as plain Python here"
+    apart = systems["mlfe-replica-own-session"]
+    report["replica_own_session_to_same_session"] = {
+        "rps": round(apart["rps"] / mlfe["rps"], 3),
+        "rps_by_round": [
+            round(alone.load.rps / together.load.rps, 3)
+            for alone, together in zip(runs["mlfe-replica-own-session"], runs["mlfe"], strict=True)
+        ],
+        "shared_core_share_by_round": {
+            "replica in its own session": apart["shared_core_share_all_rounds"],
+            "replica in the router's session": mlfe["shared_core_share_all_rounds"],
+        },
+    }
     if "nginx" in systems:
         report["mlfe_cpu_to_nginx_cpu"] = round(
             mlfe["proxy_cpu_us_per_request"] / systems["nginx"]["proxy_cpu_us_per_request"], 2
@@ -385,37 +429,38 @@ def summarize_open(runs: list[Round]) -> dict[str, Any]:
 
 
 async def all_rounds(
-    servers: dict[str, tuple[str, RunningServer | None]],
-    replica: RunningServer,
+    systems: dict[str, System],
     runs: dict[str, list[Round]],
     open_runs: dict[str, list[Round]],
     args: argparse.Namespace,
 ) -> float:
     """Closed-loop rounds, then open-loop rounds at half mlfe's rate; returns that rate."""
-    await rounds(servers, replica, runs, args, None)
+    await rounds(systems, runs, args, None)
     mlfe_rps = median(run.load.rps for run in runs["mlfe"])
     open_rate = float(args.open_rate or max(100, round(mlfe_rps / 2, -2)))
-    await rounds(servers, replica, open_runs, args, open_rate)
+    await rounds(systems, open_runs, args, open_rate)
     return open_rate
 
 
 async def rounds(
-    servers: dict[str, tuple[str, RunningServer | None]],
-    replica: RunningServer,
+    systems: dict[str, System],
     runs: dict[str, list[Round]],
     args: argparse.Namespace,
     rate: float | None,
 ) -> None:
     mode = "closed" if rate is None else f"open {rate:.0f}/s"
+    width = max(map(len, systems))
     for round_no in range(args.rounds):
-        for name, (url, proxy) in servers.items():
-            pids = [replica.pid] + ([proxy.pid] if proxy is not None else [])
-            run = await measure(url, args.connections, args.duration, args.warmup, pids, rate)
+        for name, system in systems.items():
+            pids = [system.replica.pid] + ([system.proxy.pid] if system.proxy else [])
+            run = await measure(
+                system.url, args.connections, args.duration, args.warmup, pids, rate
+            )
             runs.setdefault(name, []).append(run)
             load = run.load
             shared = "" if run.shared_core is None else f", one core {run.shared_core:.0%}"
             print(
-                f"round {round_no + 1} {mode:<12} {name:<7} {load.rps:9.0f} req/s "
+                f"round {round_no + 1} {mode:<12} {name:<{width}} {load.rps:9.0f} req/s "
                 f"p50 {load.latency.p50_ms:.2f} ms p99 {load.latency.p99_ms:.2f} ms "
                 f"machine {run.machine_busy:.0%} busy{shared}",
                 flush=True,

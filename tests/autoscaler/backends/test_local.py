@@ -327,6 +327,9 @@ async def test_close_stops_every_replica_and_its_group(setup: Setup, state_dir: 
     pids = [r.pid for r in setup.backend.replicas(KEY) if r.pid is not None]
     grandchildren = [int(line) for line in pidfile.read_text().split()]
     assert len(pids) == 3 and len(grandchildren) == 3
+    # Each replica leads a group of its own but stays in mlfe's session, so autogroup
+    # scheduling keeps it in one scheduling group with the router.
+    assert all(os.getpgid(pid) == pid and os.getsid(pid) == os.getsid(0) for pid in pids)
 
     await setup.backend.close()
     for pid in pids:
