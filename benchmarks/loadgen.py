@@ -20,8 +20,10 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import ctypes
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +40,9 @@ SAMPLE_INTERVAL_S = 0.1
 CONNECT_RETRY_DELAY_S = 0.01
 # uvloop rounds timers to whole milliseconds; sleeping less would spin.
 MIN_ARRIVAL_SLEEP_S = 0.001
+# The arrival clock ticks at most this often; faster rates send several arrivals per tick,
+# so the load generator wakes at most 10,000 times a second for arrivals.
+MIN_TICK_S = 100e-6
 
 
 # ---------------------------------------------------------------------------------------
@@ -126,6 +131,84 @@ class LoadConfig:
             lines.append(f"Content-Length: {len(self.body)}")
         lines.extend(f"{name}: {value}" for name, value in self.headers)
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+
+
+# ---------------------------------------------------------------------------------------
+# Arrival clock
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+def _timespec(seconds: float) -> _Timespec:
+    whole = int(seconds)
+    return _Timespec(whole, int((seconds - whole) * 1_000_000_000))
+
+
+class ArrivalClock:
+    """A periodic tick on the event loop, precise to microseconds (a Linux timerfd).
+
+    The loop's own timers cannot pace an open loop: uvloop keeps its clock in whole
+    milliseconds, so ``asyncio.sleep`` wakes a millisecond or two late and the arrivals
+    due meanwhile go out together, 13 at once at 13,000 per second. Each is counted late
+    from its intended time, and the burst queues in the server as no steady stream of
+    that rate would. A timerfd ticks on ``CLOCK_MONOTONIC``, the clock behind
+    ``time.perf_counter``, and wakes the loop through its selector like any socket.
+    """
+
+    _CLOCK_MONOTONIC = 1
+    _TFD_TIMER_ABSTIME = 1
+    _TFD_NONBLOCK = os.O_NONBLOCK
+    _TFD_CLOEXEC = os.O_CLOEXEC
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, libc: ctypes.CDLL) -> None:
+        self.loop = loop
+        self.fd = fd
+        self.libc = libc
+        self.waiter: asyncio.Future[None] | None = None
+        loop.add_reader(fd, self._fired)
+
+    @classmethod
+    def open(cls, loop: asyncio.AbstractEventLoop) -> ArrivalClock | None:
+        """A clock on ``loop``, or None where there is no timerfd on perf_counter's clock."""
+        clock = time.get_clock_info("perf_counter").implementation
+        if not sys.platform.startswith("linux") or "CLOCK_MONOTONIC" not in clock:
+            return None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.timerfd_create(cls._CLOCK_MONOTONIC, cls._TFD_NONBLOCK | cls._TFD_CLOEXEC)
+        except (OSError, AttributeError):
+            return None
+        if fd < 0:
+            return None
+        return cls(loop, fd, libc)
+
+    def start(self, first: float, interval: float) -> None:
+        """Tick at ``first`` (a perf_counter time), then every ``interval`` seconds."""
+        spec = _Itimerspec(_timespec(interval), _timespec(first))
+        if self.libc.timerfd_settime(self.fd, self._TFD_TIMER_ABSTIME, ctypes.byref(spec), None):
+            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+
+    async def tick(self) -> None:
+        """Wait for the next tick; ticks missed meanwhile are not made up for."""
+        self.waiter = self.loop.create_future()
+        await self.waiter
+
+    def _fired(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.fd, 8)  # the count of ticks since the last read; the caller uses now
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.fd)
+        os.close(self.fd)
 
 
 # ---------------------------------------------------------------------------------------
@@ -515,23 +598,35 @@ class _LoadRun:
             self.count_issued()
 
     async def arrivals(self, rate: float) -> None:
-        """Issue every arrival that is due, then sleep until the next one.
+        """Issue every arrival that is due, then wait for the next one.
 
         Arrival k is due at start + k / rate whenever this task gets to run, so a late
         wake-up delays the send but never the intended time the latency is counted from.
+        The arrival clock ticks once per arrival (at most every 100 µs); without one (not
+        Linux) the loop's own timers pace the arrivals, a millisecond's worth at a time.
         """
+        clock = ArrivalClock.open(self.loop)
+        if clock is not None:
+            clock.start(self.start, max(1.0 / rate, MIN_TICK_S))
         sent = 0
-        while not self.stopping:
-            due = int((time.perf_counter() - self.start) * rate) + 1
-            while sent < due and not self.stopping:
-                intended = self.start + sent / rate
-                if intended >= self.measure_end:
-                    self.stop()
-                    break
-                sent += 1
-                self.arrive(intended)
-            next_due = self.start + sent / rate
-            await asyncio.sleep(max(MIN_ARRIVAL_SLEEP_S, next_due - time.perf_counter()))
+        try:
+            while not self.stopping:
+                due = int((time.perf_counter() - self.start) * rate) + 1
+                while sent < due and not self.stopping:
+                    intended = self.start + sent / rate
+                    if intended >= self.measure_end:
+                        self.stop()
+                        break
+                    sent += 1
+                    self.arrive(intended)
+                if clock is not None:
+                    await clock.tick()
+                else:
+                    next_due = self.start + sent / rate
+                    await asyncio.sleep(max(MIN_ARRIVAL_SLEEP_S, next_due - time.perf_counter()))
+        finally:
+            if clock is not None:
+                clock.close()
 
     # -- housekeeping -------------------------------------------------------------------
 

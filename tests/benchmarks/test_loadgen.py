@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks.loadgen import LoadConfig, LoadResult, Sample, run_load
+from benchmarks.loadgen import ArrivalClock, LoadConfig, LoadResult, Sample, run_load
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -211,6 +212,25 @@ async def test_open_loop_requests_wait_for_a_free_connection(server: FixtureServ
     assert result.status_counts == {200: 50}
     assert server.stats(key)[2] == 2
     assert result.latency.max_ms >= 600
+
+
+async def test_arrival_clock_ticks_at_perf_counter_times_never_early() -> None:
+    # Off-millisecond times the loop's own timers would round: each tick must come at or
+    # after its time on perf_counter's clock (a wrong clock fires at once or never).
+    clock = ArrivalClock.open(asyncio.get_running_loop())
+    if clock is None:
+        pytest.skip("no timerfd on this platform")
+    first, interval = time.perf_counter() + 0.0203, 0.0017
+    woken = []
+    try:
+        clock.start(first, interval)
+        for _ in range(5):
+            await asyncio.wait_for(clock.tick(), timeout=2)
+            woken.append(time.perf_counter())
+    finally:
+        clock.close()
+
+    assert all(at >= first + k * interval for k, at in enumerate(woken))
 
 
 async def test_unix_socket_url(server: FixtureServer) -> None:
