@@ -432,6 +432,9 @@ def summarize_open(runs: dict[str, list[Round]]) -> dict[str, Any]:
             "p99_ms_all_rounds": [run.load.latency.p99_ms for run in rounds_of_system],
         }
         if name != "direct":
+            summary["shared_core_share_all_rounds"] = [
+                round(run.shared_core or 0.0, 2) for run in rounds_of_system
+            ]
             summary["proxy_cpu_us_all_rounds"] = [
                 run.us_per_request(run.server_cpu_s[1]) for run in rounds_of_system
             ]
