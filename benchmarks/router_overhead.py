@@ -16,14 +16,14 @@ session is a scheduling group), (4) through the router run as plain Python, with
 modules setup.py compiles (when they are compiled here), and (5) through nginx as a
 keep-alive reverse proxy, when nginx is installed. Every other server stays in the
 benchmark's session. Closed-loop rounds at 32 connections give requests/s, the proxy's
-CPU time per request (from /proc) and the latency each proxy adds: the issue's targets.
-Open-loop rounds then send the same steady arrival rate to every system, at a quarter
-and at half of mlfe's closed-loop rate, for the latency each proxy adds below
-saturation. The systems alternate in rounds so drift on a shared machine hits all of
-them; the median round is reported. Each round also
-records how often the proxy and the replica were on the same CPU, which on a two-core
-machine moves a proxy's throughput by up to 2x (PlacementMeter). Results are
-printed and written to benchmarks/results/router_overhead_TRANSPORT.json.
+CPU time per request (from /proc) and the latency each proxy adds, on which the router's
+targets are checked. Open-loop rounds then send the same steady arrival rate to every
+system, at a quarter and at half of mlfe's closed-loop rate, for the latency each proxy
+adds below saturation. The systems alternate in rounds so drift on a shared machine hits
+all of them; the median round is reported. Each round also records how often the proxy
+and the replica were on the same CPU, which on a two-core machine moves a proxy's
+throughput by up to 2x (PlacementMeter). Results are printed and written to
+benchmarks/results/router_overhead_TRANSPORT.json.
 """
 
 from __future__ import annotations
@@ -296,7 +296,7 @@ def plain_python_copy(workdir: Path) -> Path | None:
 async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="mlfe-bench-"))
     runs: dict[str, list[Round]] = {}
-    open_runs: dict[float, dict[str, list[Round]]] = {}
+    open_runs: dict[float, dict[str, list[Round]]] = {}  # by share of mlfe's rate
     try:
         with contextlib.ExitStack() as stack:
 
@@ -358,7 +358,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         summary["added_p50_ms"] = round(summary["p50_ms"] - direct["p50_ms"], 3)
         summary["added_p99_ms"] = round(summary["p99_ms"] - direct["p99_ms"], 3)
     open_loop = [
-        {"load": load, "rate_per_s": rate, "systems": summarize_open(open_runs[rate])}
+        {"load": load, "rate_per_s": rate, "systems": summarize_open(open_runs[load])}
         for load, rate in open_rates.items()
     ]
     mlfe = systems["mlfe"]
@@ -382,7 +382,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "added_p99_ms": mlfe["added_p99_ms"] <= TARGETS["added_p99_ms"],
         },
         "notes": [
-            "The targets are checked as the issue states them, on the closed loop at "
+            "The targets are checked as they are stated, on the closed loop at "
             f"{args.connections} connections: every connection sends its next request as soon "
             "as an answer arrives, so each system runs flat out, and its latency is "
             "connections / throughput plus the proxy's stalls.",
@@ -456,8 +456,8 @@ async def all_rounds(
     await rounds(systems, runs, args.rounds, args, None)
     mlfe_rps = median(run.load.rps for run in runs["mlfe"])
     rates = {load: float(max(100, round(mlfe_rps * load, -2))) for load in args.open_loads}
-    for rate in rates.values():
-        await rounds(systems, open_runs.setdefault(rate, {}), args.open_rounds, args, rate)
+    for load, rate in rates.items():
+        await rounds(systems, open_runs.setdefault(load, {}), args.open_rounds, args, rate)
     return rates
 
 
