@@ -606,10 +606,10 @@ class _LoadRun:
         Linux) the loop's own timers pace the arrivals, a millisecond's worth at a time.
         """
         clock = ArrivalClock.open(self.loop)
-        if clock is not None:
-            clock.start(self.start, max(1.0 / rate, MIN_TICK_S))
         sent = 0
         try:
+            if clock is not None:
+                clock.start(self.start, max(1.0 / rate, MIN_TICK_S))
             while not self.stopping:
                 due = int((time.perf_counter() - self.start) * rate) + 1
                 while sent < due and not self.stopping:
