@@ -35,8 +35,9 @@ class ServerSpec:
     ready_url: str
     env: tuple[tuple[str, str], ...] = ()
     # A session of its own is a scheduling group of its own under the kernel's autogroup
-    # scheduling, which changes where the server runs relative to the others (README,
-    # "Where the replicas run"); by default every server stays in the benchmark's session.
+    # scheduling, which changes where the server runs relative to the others
+    # (benchmarks/README.md, "Where the replicas run"); by default every server stays in the
+    # benchmark's session.
     own_session: bool = False
 
 

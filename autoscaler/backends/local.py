@@ -724,9 +724,9 @@ def _replica_preexec(parent: int) -> Callable[[], None]:
     most distributions) every session is its own scheduling group, and a replica in a
     group of its own shared one core with the router in up to 70% of the samples on a
     two-core machine, costing up to a fifth of the requests per second. In mlfe's session
-    they shared one in at most 8% (README, "Where the replicas run"). The death signal
-    follows the thread that forked: asyncio forks on the thread running the event loop,
-    which lives as long as mlfe does.
+    they shared one in at most 8% (benchmarks/README.md, "Where the replicas run"). The
+    death signal follows the thread that forked: asyncio forks on the thread running the
+    event loop, which lives as long as mlfe does.
     """
     # Loaded here, before fork: the child must not dlopen between fork and exec.
     prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
