@@ -723,8 +723,8 @@ def _replica_preexec(parent: int) -> Callable[[], None]:
     The group, not a new session: with the kernel's autogroup scheduling (on by default in
     most distributions) every session is its own scheduling group, and a replica in a
     group of its own shared one core with the router in up to 70% of the samples on a
-    two-core machine, costing up to a fifth of the requests per second. In mlfe's session
-    they shared one in at most 8% (benchmarks/README.md, "Where the replicas run"). The
+    two-core machine, costing up to a fifth of the requests per second; in mlfe's session
+    they share one far less often (benchmarks/README.md, "Where the replicas run"). The
     death signal follows the thread that forked: asyncio forks on the thread running the
     event loop, which lives as long as mlfe does.
     """
