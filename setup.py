@@ -24,6 +24,7 @@ from setuptools.errors import CCompilerError, ExecError, PlatformError
 HOT_PATH = (
     "scoring_runtime/alarm.py",
     "scoring_runtime/http_protocol.py",
+    "scoring_runtime/request_ids.py",
     "scoring_runtime/tally.py",
     "router/auth.py",
     "router/dataplane.py",

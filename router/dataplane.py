@@ -208,7 +208,7 @@ class DataPlane:
             scope, receive, send, deployment, forwarded, echo, content_length
         )
         metrics = deployment.metrics
-        metrics.count(status)
+        metrics.requests.count(status)
         metrics.latency.observe(time.perf_counter() - started)
 
     def _choose_deployment(self, route: ServiceRoute, pinned: bytes | None) -> Deployment | None:
@@ -281,7 +281,7 @@ class DataPlane:
                     await self._stream(send, response)
                 except (ConnectionLost, UpstreamTimeout) as exc:
                     # Headers are out; only a closed connection tells the client it broke.
-                    deployment.metrics.count(502)
+                    deployment.metrics.requests.count(502)
                     raise ResponseBroken(str(exc)) from exc
             return response.status
         except QueueFull:

@@ -34,9 +34,6 @@ class VersionMetrics:
     queue_wait: HistogramTally = field(default_factory=lambda: HistogramTally(LATENCY_BUCKETS))
     requests: CountsByCode = field(default_factory=CountsByCode)
 
-    def count(self, status: int) -> None:
-        self.requests.count(status)
-
 
 class _PoolCollector(Collector):
     def __init__(self, sample: Callable[[], Iterable[PoolSample]]) -> None:

@@ -100,13 +100,10 @@ class Registry:
         # Told (service, version, replica_id) when a request outlived the scoring timeout on
         # a replica, so its backend can recycle it; the data plane cannot see why it hangs.
         self.on_replica_timeout: Callable[[str, str, str], None] | None = None
-        self._routes: Mapping[str, ServiceRoute] = MappingProxyType({})
+        # The current snapshot, replaced whole by every change; a plain attribute rather
+        # than a property because the data plane reads it on every request.
+        self.routes: Mapping[str, ServiceRoute] = MappingProxyType({})
         self._deployments: dict[tuple[str, str], Deployment] = {}
-
-    @property
-    def routes(self) -> Mapping[str, ServiceRoute]:
-        """The current snapshot: a read-only mapping of service name to route."""
-        return self._routes
 
     def set_service(self, spec: ServiceSpec) -> ServiceRoute:
         """Create or replace a service; versions that stay keep their replicas."""
@@ -184,12 +181,12 @@ class Registry:
             _close_soon(replica.target)
 
     def _publish(self, name: str, route: ServiceRoute | None) -> None:
-        routes = dict(self._routes)
+        routes = dict(self.routes)
         if route is None:
             routes.pop(name, None)
         else:
             routes[name] = route
-        self._routes = MappingProxyType(routes)
+        self.routes = MappingProxyType(routes)
 
     def pool_samples(self) -> Iterator[PoolSample]:
         """Per deployment: in flight, waiting and replicas by state, for the metrics."""
@@ -212,7 +209,7 @@ class Registry:
                 }
                 for version, d in route.deployments.items()
             }
-            for name, route in self._routes.items()
+            for name, route in self.routes.items()
         }
 
 

@@ -727,7 +727,7 @@ def exported_series() -> dict[str, set[str]]:
     their real /metrics pages after one request of each kind."""
     router = RouterMetrics()
     version = router.version("svc", "v1")
-    version.count(200)
+    version.requests.count(200)
     version.latency.observe(0.01)
     version.queue_wait.observe(0.001)
     router.count_unrouted(404)

@@ -19,10 +19,10 @@ def test_each_version_has_its_own_series() -> None:
     metrics = RouterMetrics()
     blue, green = metrics.version("svc", "blue"), metrics.version("svc", "green")
     for status in (200, 200, 503):
-        blue.count(status)
+        blue.requests.count(status)
         blue.latency.observe(0.004)
     blue.queue_wait.observe(0.0)
-    green.count(200)
+    green.requests.count(200)
     green.latency.observe(2.0)
     metrics.count_unrouted(401)
     samples = _samples(metrics)
@@ -44,9 +44,9 @@ def test_each_version_has_its_own_series() -> None:
 
 def test_a_version_deployed_again_counts_on() -> None:
     metrics = RouterMetrics()
-    metrics.version("svc", "blue").count(200)
+    metrics.version("svc", "blue").requests.count(200)
     again = metrics.version("svc", "blue")
-    again.count(200)
+    again.requests.count(200)
     assert again.requests.get(200) == 2
 
 
