@@ -100,8 +100,9 @@ class Registry:
         # Told (service, version, replica_id) when a request outlived the scoring timeout on
         # a replica, so its backend can recycle it; the data plane cannot see why it hangs.
         self.on_replica_timeout: Callable[[str, str, str], None] | None = None
-        # The current snapshot, replaced whole by every change; a plain attribute rather
-        # than a property because the data plane reads it on every request.
+        # The current snapshot, a read-only mapping of service name to route, replaced
+        # whole by every change; an attribute rather than a property because the data
+        # plane reads it on every request.
         self.routes: Mapping[str, ServiceRoute] = MappingProxyType({})
         self._deployments: dict[tuple[str, str], Deployment] = {}
 
