@@ -6,7 +6,9 @@ really finishes, so a run() that outlived its timeout still counts as busy: the 
 never runs more than N calls at once, whatever the clients were told.
 
 Workers hand results back with `call_soon_threadsafe` on a plain future, which costs
-less than `run_in_executor`'s concurrent.futures chain on every request.
+less than `run_in_executor`'s concurrent.futures chain on every request. The scoring
+timeouts share one `Alarm` rather than a loop timer per call: all calls have the same
+timeout, so their deadlines come in call order and the alarm only looks at the oldest.
 
 Workers run under Linux's SCHED_BATCH policy (`yield_on_wakeup`). The event loop's thread
 wakes a worker while it holds the GIL; under the default policy the woken worker preempts
@@ -29,6 +31,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from scoring_runtime.alarm import Alarm
 from scoring_runtime.log import log_event
 
 T = TypeVar("T")
@@ -64,6 +67,10 @@ class ScoringSlots:
         self._free = size
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Calls on a worker that have not answered yet, oldest first, with their deadlines;
+        # at most `size` of them, since each holds a slot.
+        self._running: dict[asyncio.Future[Any], float] = {}
+        self._timeouts: Alarm | None = None  # made on the running loop, at the first call
         self._jobs: queue.SimpleQueue[_Job[Any, Any] | None] = queue.SimpleQueue()
         # Daemon threads: a run() stuck forever must not keep the process alive at exit.
         self._threads = [
@@ -86,16 +93,20 @@ class ScoringSlots:
         """`function(argument)` on a worker thread; raises ScoringTimeout past the timeout."""
         await self._acquire()
         loop = self._loop
-        if loop is None:
+        timeouts = self._timeouts
+        if loop is None or timeouts is None:
             # Once: get_running_loop() makes a getpid() syscall on every call.
             loop = self._loop = asyncio.get_running_loop()
+            timeouts = self._timeouts = Alarm(loop, self._expire_due)
         waiter: asyncio.Future[T] = loop.create_future()
+        deadline = loop.time() + self.timeout_s
+        self._running[waiter] = deadline
         self._jobs.put(_Job(function, argument, loop, waiter))
-        timer = loop.call_later(self.timeout_s, _expire, waiter)
+        timeouts.set(deadline)
         try:
             return await waiter
         finally:
-            timer.cancel()
+            self._running.pop(waiter, None)
 
     def close(self) -> None:
         """Ask idle workers to stop; busy ones finish their call first (they are daemons)."""
@@ -127,6 +138,20 @@ class ScoringSlots:
                 waiter.set_result(None)
                 return
         self._free += 1
+
+    def _expire_due(self) -> None:
+        """Fail every call past its deadline with ScoringTimeout; its slot stays busy."""
+        assert self._timeouts is not None  # it is what calls this
+        now = self._timeouts.loop.time()
+        running = self._running
+        while running:
+            waiter, deadline = next(iter(running.items()))
+            if deadline > now:
+                self._timeouts.set(deadline)
+                return
+            del running[waiter]
+            if not waiter.done():
+                waiter.set_exception(ScoringTimeout())
 
     def _finish(self, job: _Job[Any, Any], result: Any, error: BaseException | None) -> None:
         # Runs on the loop once the worker is done: only now is the slot free again.
@@ -172,8 +197,3 @@ def yield_on_wakeup() -> None:
         os.sched_setscheduler(0, batch, os.sched_param(0))
     except OSError as error:
         log_event("sched_batch_refused", logging.DEBUG, error=str(error))
-
-
-def _expire(waiter: asyncio.Future[Any]) -> None:
-    if not waiter.done():
-        waiter.set_exception(ScoringTimeout())

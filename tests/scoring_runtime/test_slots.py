@@ -20,6 +20,11 @@ def two_slots(runtime_for) -> RuntimeProcess:
     return runtime_for("slow.py", args=["--max-concurrent", "2"])
 
 
+@pytest.fixture(scope="module")
+def two_slots_one_second_timeout(runtime_for) -> RuntimeProcess:
+    return runtime_for("slow.py", args=["--max-concurrent", "2", "--scoring-timeout-ms", "1000"])
+
+
 async def _wait_until_busy(client, slots: int) -> None:
     for _ in range(500):
         if f"mlfe_runtime_busy_slots {slots:.1f}" in (await client.get("/metrics")).text:
@@ -68,6 +73,22 @@ async def test_timeout_answers_500_and_keeps_the_slot_busy(one_slot_short_timeou
     log = one_slot_short_timeout.log()
     assert "event=run_timeout" in log
     assert "event=timed_out_call_finished" in log
+
+
+async def test_each_call_gets_its_whole_timeout_from_when_it_started(
+    two_slots_one_second_timeout,
+) -> None:
+    async with two_slots_one_second_timeout.async_client() as client:
+        assert (await client.post("/score", content=b"0.1")).status_code == 200
+        await asyncio.sleep(0.4)
+        # Both start half a second after the first call: the first call's deadline passes
+        # while they run, and must not cut short the one that ends within its own second.
+        within, beyond = await asyncio.gather(
+            client.post("/score", content=b"0.8"), client.post("/score", content=b"3")
+        )
+    assert within.status_code == 200
+    assert beyond.status_code == 500
+    assert beyond.json() == {"message": "Scoring timeout after 1000 ms"}
 
 
 async def test_requests_beyond_the_slots_wait_instead_of_failing(one_slot_short_timeout) -> None:
