@@ -65,12 +65,12 @@ class ScoringSlots:
         self.size = size
         self.timeout_s = timeout_s
         self._free = size
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         # Calls on a worker that have not answered yet, oldest first, with their deadlines;
         # at most `size` of them, since each holds a slot.
         self._running: dict[asyncio.Future[Any], float] = {}
-        self._timeouts: Alarm | None = None  # made on the running loop, at the first call
+        # Made on the running loop at the first call; its loop is the one calls run on.
+        self._timeouts: Alarm | None = None
         self._jobs: queue.SimpleQueue[_Job[Any, Any] | None] = queue.SimpleQueue()
         # Daemon threads: a run() stuck forever must not keep the process alive at exit.
         self._threads = [
@@ -92,12 +92,11 @@ class ScoringSlots:
     async def call(self, function: Callable[[A], T], argument: A) -> T:
         """`function(argument)` on a worker thread; raises ScoringTimeout past the timeout."""
         await self._acquire()
-        loop = self._loop
         timeouts = self._timeouts
-        if loop is None or timeouts is None:
+        if timeouts is None:
             # Once: get_running_loop() makes a getpid() syscall on every call.
-            loop = self._loop = asyncio.get_running_loop()
-            timeouts = self._timeouts = Alarm(loop, self._expire_due)
+            timeouts = self._timeouts = Alarm(asyncio.get_running_loop(), self._expire_due)
+        loop = timeouts.loop
         waiter: asyncio.Future[T] = loop.create_future()
         deadline = loop.time() + self.timeout_s
         self._running[waiter] = deadline
