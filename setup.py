@@ -29,6 +29,8 @@ HOT_PATH = (
     "router/auth.py",
     "router/dataplane.py",
     "router/dispatch.py",
+    "router/metrics.py",
+    "router/registry.py",
     "router/traffic.py",
     "router/upstream.py",
 )

@@ -27,7 +27,7 @@ from router.upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from scoring_runtime.http_protocol import CLIENT_DISCONNECT, DisconnectSignal
+from scoring_runtime.http_protocol import CLIENT_DISCONNECT, HEADER_LINES, DisconnectSignal
 from scoring_runtime.request_ids import RequestIds
 
 PREFIX: Final = "/api/v1/service/"
@@ -159,7 +159,7 @@ class DataPlane:
         authorization = request_id = client_request_id = pinned = content_length = None
         forwarded: list[tuple[bytes, bytes]] = []
         for header in scope["headers"]:
-            key = header[0]
+            key: bytes = header[0]  # typed, so each comparison below is a bytes one
             if key == b"authorization":
                 authorization = header[1]
                 continue
@@ -261,7 +261,7 @@ class DataPlane:
                 replica = await self._acquire(deployment, scope, receive, tried)
                 try:
                     response = await replica.target.request(
-                        method, target, headers, body, timeout, replica_done
+                        method, target, headers, body, timeout, replica_done, OWN_RESPONSE_HEADERS
                     )
                     break
                 except NotDelivered:
@@ -271,9 +271,7 @@ class DataPlane:
                     replica = None
                     if len(tried) >= MAX_DELIVERY_ATTEMPTS:
                         raise
-            out = [h for h in response.headers if h[0] not in OWN_RESPONSE_HEADERS]
-            out.extend(echo)
-            await send({"type": "http.response.start", "status": response.status, "headers": out})
+            await send(_response_start(scope, response, echo))
             if response.complete:
                 await send({"type": "http.response.body", "body": response.body})
             else:
@@ -417,6 +415,26 @@ class DataPlane:
             return response.status, body
         message = f"No ready replica of '{route.name}' to read the swagger document from"
         return 503, orjson.dumps({"message": message})
+
+
+def _response_start(
+    scope: Scope, response: UpstreamResponse, echo: list[tuple[bytes, bytes]]
+) -> dict[str, Any]:
+    """The ASGI start message relaying `response`. mlfe's server takes the replica's
+    fields as the lines they arrived in; any other server gets them as pairs."""
+    if HEADER_LINES not in scope.get("extensions", _NO_EXTENSIONS):
+        return {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": [*response.headers, *echo],
+        }
+    length = response.length
+    return {
+        "type": "http.response.start",
+        "status": response.status,
+        "headers": echo if length is None else [*echo, (b"content-length", length)],
+        HEADER_LINES: response.lines,
+    }
 
 
 async def _read_all(response: UpstreamResponse) -> bytes:

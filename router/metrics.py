@@ -9,7 +9,6 @@ at scrape time by a collector, costing the hot path nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -26,13 +25,13 @@ from scoring_runtime.tally import LATENCY_BUCKETS, CountsByCode, HistogramTally
 PoolSample = tuple[str, str, int, int, dict[str, int]]
 
 
-@dataclass(eq=False)
 class VersionMetrics:
     """The per-request tallies of one service version, resolved once."""
 
-    latency: HistogramTally = field(default_factory=lambda: HistogramTally(LATENCY_BUCKETS))
-    queue_wait: HistogramTally = field(default_factory=lambda: HistogramTally(LATENCY_BUCKETS))
-    requests: CountsByCode = field(default_factory=CountsByCode)
+    def __init__(self) -> None:
+        self.latency = HistogramTally(LATENCY_BUCKETS)
+        self.queue_wait = HistogramTally(LATENCY_BUCKETS)
+        self.requests = CountsByCode()
 
 
 class _PoolCollector(Collector):

@@ -52,6 +52,12 @@ _RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length"}
 _CONNECTION_OPTIONS: Final = frozenset((b"keep-alive", b"close"))
 _PLAIN_CONNECTION: Final = frozenset((b"keep-alive", b"close", b"Keep-Alive", b"Close"))
 _NO_BODY_METHODS: Final = frozenset((b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"))
+# Response header names as the replica spelled them, with their lower-case form: a replica
+# sends the same few names on every answer, so a known one costs a dict lookup instead of
+# a lower() and a new bytes object. Bounded, so a replica inventing names cannot grow it.
+_LOWERED: Final[dict[bytes, bytes]] = {}
+_LOWERED_LIMIT: Final = 1024
+_NOTHING_REPLACED: Final[frozenset[bytes]] = frozenset()
 
 
 class UpstreamError(Exception):
@@ -76,10 +82,14 @@ class _TrailingData(Exception):
 
 
 class UpstreamResponse:
-    """A replica's answer: status and headers now, the body whole or still arriving.
+    """A replica's answer: status and header fields now, the body whole or still arriving.
 
-    `headers` carry no hop-by-hop or framing fields; when `complete`, a correct
-    `content-length` is included so the ASGI server sends the body as is.
+    `lines` holds the fields that pass through to the client as `name: value\r\n` lines
+    (lower-case names; no hop-by-hop, framing or caller-replaced fields), ready to write:
+    llhttp accepted them, and it refuses what an HTTP server must not send (names that
+    are not tokens, control characters in values). `length` is the content-length to
+    declare: the body's size once `complete`, the replica's own for a HEAD or 304 answer,
+    else None (the body streams).
     """
 
     __slots__ = (
@@ -91,13 +101,15 @@ class UpstreamResponse:
         "_reader",
         "body",
         "complete",
-        "headers",
+        "length",
+        "lines",
         "status",
     )
 
-    def __init__(self, conn: _Connection, status: int, headers: list[tuple[bytes, bytes]]):
+    def __init__(self, conn: _Connection, status: int, lines: bytes, length: bytes | None):
         self.status = status
-        self.headers = headers
+        self.lines = lines
+        self.length = length
         self.body = b""
         self.complete = False
         self._conn: _Connection | None = conn  # None once the body is in or given up
@@ -106,6 +118,14 @@ class UpstreamResponse:
         self._done = False
         self._error: UpstreamError | None = None
         self._reader: asyncio.Future[None] | None = None
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The fields as (name, value) pairs, content-length included when known."""
+        pairs = [_split_field(line) for line in self.lines.split(b"\r\n") if line]
+        if self.length is not None:
+            pairs.append((b"content-length", self.length))
+        return pairs
 
     async def read(self) -> bytes:
         """The body that arrived since the last call; b"" once it has all been read."""
@@ -179,16 +199,17 @@ class _Connection(asyncio.Protocol):
         "_deadline",
         "_eof",
         "_head",
-        "_headers",
         "_informational",
         "_keep_alive",
         "_length",
+        "_lines",
         "_listed",
         "_message_done",
         "_on_done",
         "_parser",
         "_paused",
         "_pool",
+        "_replaced",
         "_response",
         "_stale_parser",
         "_timer",
@@ -216,9 +237,10 @@ class _Connection(asyncio.Protocol):
         self._timer = Alarm(loop, self._on_timer)
         self._on_done: Callable[[], None] | None = None
         self._head = False
+        self._replaced = _NOTHING_REPLACED
         # Per response message.
         self._response: UpstreamResponse | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._lines: list[bytes] = []  # names, separators, values and line ends
         self._length: bytes | None = None
         self._chunked = False
         self._listed: frozenset[bytes] | None = None
@@ -238,6 +260,7 @@ class _Connection(asyncio.Protocol):
         head: bool,
         deadline: float,
         on_done: Callable[[], None] | None,
+        replaced: frozenset[bytes],
     ) -> UpstreamResponse:
         """Send one request; return when the status line and headers are in.
 
@@ -254,6 +277,7 @@ class _Connection(asyncio.Protocol):
             self._stale_parser = False
         self._head = head
         self._on_done = on_done
+        self._replaced = replaced
         self._message_done = False
         waiter = self._waiter = self.loop.create_future()
         self._deadline = deadline
@@ -356,7 +380,7 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._message_done:
             raise _TrailingData
-        self._headers = []
+        self._lines = []
         self._length = None
         self._chunked = False
         self._listed = None
@@ -365,16 +389,24 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._response is not None:
             return  # a trailer field after a chunked body: dropped, like Trailer itself
-        name = name.lower()
-        if name in _RESPONSE_DROP:
-            if name == b"content-length":
+        lowered = _LOWERED.get(name)
+        if lowered is None:
+            lowered = name.lower()
+            if len(_LOWERED) < _LOWERED_LIMIT:
+                _LOWERED[name] = lowered
+        if lowered in _RESPONSE_DROP:
+            if lowered == b"content-length":
                 self._length = value
-            elif name == b"transfer-encoding":
+            elif lowered == b"transfer-encoding":
                 self._chunked = value.lower().find(b"chunked") >= 0
-            elif name == b"connection":
+            elif lowered == b"connection":
                 self._listed = _listed_names(value, self._listed)
-            return
-        self._headers.append((name, value))
+        elif lowered not in self._replaced:
+            lines = self._lines  # appended piece by piece: a tuple to extend by costs more
+            lines.append(lowered)
+            lines.append(b": ")
+            lines.append(value)
+            lines.append(b"\r\n")
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -384,15 +416,19 @@ class _Connection(asyncio.Protocol):
                 raise _TrailingData  # we never ask to upgrade
             self._informational = True  # 1xx: skipped, the real answer follows
             return
-        headers = self._headers
+        lines = self._lines
         if self._listed:
             listed = self._listed
-            headers = [h for h in headers if h[0] not in listed]
-        if (self._head or status == 304) and self._length is not None:
-            # No body follows; the length describes the representation, so it stays.
-            headers.append((b"content-length", self._length))
-        self._response = UpstreamResponse(self, status, headers)
+            lines = [
+                piece
+                for at in range(0, len(lines), 4)
+                if lines[at] not in listed
+                for piece in lines[at : at + 4]
+            ]
         length = self._length
+        # A HEAD or 304 answer has no body; its length describes the representation.
+        declared = length if self._head or status == 304 else None
+        self._response = UpstreamResponse(self, status, b"".join(lines), declared)
         self._whole = length is not None and int(length) <= WHOLE_BODY_LIMIT
         if self._head:
             # httptools cannot be told a HEAD answer has no body: end the message here.
@@ -429,7 +465,7 @@ class _Connection(asyncio.Protocol):
             response.complete = True
             status = response.status
             if not self._head and status != 204 and status != 304:
-                response.headers.append((b"content-length", str(len(response.body)).encode()))
+                response.length = str(len(response.body)).encode()
         response.end()
         if self._paused:
             self.resume()
@@ -540,10 +576,12 @@ class UpstreamPool:
         body: bytes,
         timeout: float,
         on_done: Callable[[], None] | None = None,
+        replaced: frozenset[bytes] = _NOTHING_REPLACED,
     ) -> UpstreamResponse:
         """Send a request; return once the replica's status line and headers are in
         (with the body too when its length is known and at most WHOLE_BODY_LIMIT).
 
+        `replaced` names response fields the caller sets itself: the replica's are dropped.
         `on_done()` runs as soon as the replica has sent its last byte, which can be
         before the caller resumes: the replica is free then, whatever the caller still
         does with the body.
@@ -561,11 +599,11 @@ class UpstreamPool:
         conn = self._take_idle(now)
         if conn is not None:
             try:
-                return await conn.exchange(data, rest, head, deadline, on_done)
+                return await conn.exchange(data, rest, head, deadline, on_done, replaced)
             except NotDelivered:
                 pass  # the replica had closed it; a new connection tells whether it is still up
         conn = await self._connect(loop, deadline)
-        return await conn.exchange(data, rest, head, deadline, on_done)
+        return await conn.exchange(data, rest, head, deadline, on_done, replaced)
 
     async def close(self) -> None:
         """Close idle connections now and busy ones when their response is done."""
@@ -655,6 +693,11 @@ def _listed_names(value: bytes, listed: frozenset[bytes] | None) -> frozenset[by
     if not names:
         return listed
     return names if listed is None else listed | names
+
+
+def _split_field(line: bytes) -> tuple[bytes, bytes]:
+    name, _, value = line.partition(b": ")
+    return name, value
 
 
 def _parse_address(address: str) -> tuple[str | None, str, int, bytes]:

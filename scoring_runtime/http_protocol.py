@@ -16,7 +16,9 @@ through real sockets).
 A response's head is held until its first body message so both go out in one write
 (on loopback each write wakes the client), or at the next turn of the loop if the body
 is slow to come. Each request's scope carries a `DisconnectSignal`, so an app can hear of
-a client hanging up without keeping a receive() call parked to find out.
+a client hanging up without keeping a receive() call parked to find out, and offers
+`HEADER_LINES`, so an app relaying fields another HTTP parser already accepted (the
+router, relaying a replica's answer) can hand them over as they arrived.
 """
 
 from __future__ import annotations
@@ -37,9 +39,16 @@ from uvicorn.server import ServerState
 
 from scoring_runtime.alarm import Alarm
 
-__all__ = ["CLIENT_DISCONNECT", "DisconnectSignal", "HttpProtocol"]
+__all__ = ["CLIENT_DISCONNECT", "HEADER_LINES", "DisconnectSignal", "HttpProtocol"]
 
 CLIENT_DISCONNECT: Final = "mlfe.client_disconnect"
+# Offered in scope["extensions"]: `http.response.start` may carry, under this key, header
+# fields already serialized as `name: value\r\n` lines, written after the status line
+# as they are. The app vouches for them (no control characters, token names); they must
+# not include content-length, transfer-encoding or connection, which the server reads from
+# `headers` to frame the body. The router relays a replica's fields this way, which spares
+# them a second round of per-field work here: about 4% of its instructions per request.
+HEADER_LINES: Final = "mlfe.header_lines"
 
 # Request body buffered and not yet received by the app, above which reading pauses.
 HIGH_WATER: Final = 64 * 1024
@@ -209,6 +218,7 @@ class HttpProtocol(asyncio.Protocol):
         self.client: tuple[str, int] | None = None
         self.scheme = "http"
         self.signal = DisconnectSignal()
+        self.extensions: dict[str, object] = {CLIENT_DISCONNECT: self.signal, HEADER_LINES: {}}
         self.closed = False
         self.read_paused = False
         self.write_paused = False
@@ -323,7 +333,7 @@ class HttpProtocol(asyncio.Protocol):
             "query_string": query,
             "headers": self.headers,
             "state": self.app_state.copy(),
-            "extensions": {CLIENT_DISCONNECT: self.signal},
+            "extensions": self.extensions,
         }
         keep_alive = http_version != "1.0" and parser.should_keep_alive()
         exchange = _Exchange(self, scope, keep_alive, self.expect_continue)
@@ -540,7 +550,7 @@ class _Exchange:
             defaults = conn.server_state.default_headers  # Date and Server, when configured
             if defaults:
                 headers = [*defaults, *headers]
-            self._start_response(message["status"], headers)
+            self._start_response(message["status"], headers, message.get(HEADER_LINES, b""))
             conn.held_heads.add(self)
         elif not self.response_complete:
             if kind != "http.response.body":
@@ -551,10 +561,10 @@ class _Exchange:
                 f"Unexpected ASGI message '{kind}' sent, after response already completed."
             )
 
-    def _start_response(self, status: int, headers: Any) -> None:
+    def _start_response(self, status: int, headers: Any, lines: bytes) -> None:
         self.response_started = True
         self.expect_continue = False
-        head = [STATUS_LINES.get(status) or _status_line(status)]
+        head: list[bytes] = []
         length: bytes | None = None
         chunked = close = False
         count = 0
@@ -591,12 +601,14 @@ class _Exchange:
             head.append(b"transfer-encoding: chunked\r\n")
             count += 1
         head.append(b"\r\n")
-        held = b"".join(head)
+        checked = b"".join(head)
         # Names are checked above; a value may hold no control character but tab. In one
-        # pass over the whole head, only the CR LF ending each of its lines (the status
-        # line, every header and the blank one) may be deleted.
-        if len(held) - len(held.translate(None, _INVALID_VALUE)) != 2 * (count + 2):
+        # pass over the joined fields, only the CR LF ending each of their lines and the
+        # blank one may be deleted.
+        if len(checked) - len(checked.translate(None, _INVALID_VALUE)) != 2 * (count + 1):
             raise RuntimeError("Invalid HTTP header value.")
+        status_line = STATUS_LINES.get(status) or _status_line(status)
+        held = status_line + lines + checked if lines else status_line + checked
         if close:
             self.keep_alive = False
         if length is not None:

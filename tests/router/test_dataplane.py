@@ -111,12 +111,20 @@ def replica() -> Iterator[RuntimeProcess]:
     started.stop()
 
 
+# The router relays a replica's header fields to mlfe's HTTP protocol as the lines they
+# arrived in, and to any other ASGI server as (name, value) pairs.
+ON_BOTH_PROTOCOLS = pytest.mark.parametrize("router", ["mlfe", "httptools"], indirect=True)
+
+
 @pytest.fixture
-async def router() -> AsyncIterator[Router]:
+async def router(request: pytest.FixtureRequest) -> AsyncIterator[Router]:
+    """The router on mlfe's HTTP protocol, or on uvicorn's own when a test asks for it."""
     registry = Registry(RouterMetrics())
     app = create_app(registry, max_body=MAX_BODY, random_source=random.Random(1234).random)
     sock = bind_tcp("127.0.0.1", 0)
     server = uvicorn_server(app)
+    if getattr(request, "param", "mlfe") == "httptools":
+        server.config.http = "httptools"  # read when the server starts
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
@@ -137,6 +145,7 @@ def assert_json_error(response: httpx.Response, status: int) -> str:
     return message
 
 
+@ON_BOTH_PROTOCOLS
 async def test_scores_and_sets_request_headers(
     router: Router, replicas: list[RuntimeProcess]
 ) -> None:
@@ -148,6 +157,9 @@ async def test_scores_and_sets_request_headers(
     assert response.headers["x-ms-client-request-id"] == "c-1"
     assert len(response.headers["x-request-id"]) == 36
     assert len(response.headers.get_list("x-request-id")) == 1
+    # The replica's own fields pass through, and the body is framed by its length.
+    assert response.headers["x-ms-run-function-failed"] == "False"
+    assert response.headers["content-length"] == str(len(response.content))
 
     given = await router.score({}, headers={"x-request-id": "my-id"})
     assert given.headers["x-request-id"] == "my-id"
@@ -374,6 +386,7 @@ async def test_413_answered_without_reading_the_rest(
     writer.close()
 
 
+@ON_BOTH_PROTOCOLS
 async def test_streams_chunked_responses(router: Router, tmp_path: Path) -> None:
     path = f"{tmp_path}/chunked.sock"
     peer = subprocess.Popen([sys.executable, str(SCRIPTS / "chunked_replica.py"), path])

@@ -537,7 +537,36 @@ async def test_hop_by_hop_response_headers_are_dropped() -> None:
         response = await pool.request(b"GET", b"/", [], b"", 5.0)
         assert response.complete
         assert response.body == b"ok"
+        assert response.lines == b"x-keep: yes\r\n"
         assert response.headers == [(b"x-keep", b"yes"), (b"content-length", b"2")]
+        await pool.close()
+
+
+@on_both_loops
+async def test_fields_the_caller_replaces_are_dropped_and_the_rest_kept_as_lines() -> None:
+    async def fields(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nX-Request-Id: replica-id\r\nX-Note: a: b\r\n"
+                b"X-Empty:\r\nContent-Length: 2\r\n\r\nok"
+            )
+            await writer.drain()
+
+    async with RawPeer(fields) as peer:
+        pool = UpstreamPool(peer.address)
+        mine = frozenset((b"x-request-id",))
+        for _ in range(2):  # the second time, the names are known ones
+            response = await pool.request(b"GET", b"/", [], b"", 5.0, replaced=mine)
+            assert response.lines == b"x-note: a: b\r\nx-empty: \r\n"
+            assert response.length == b"2"
+            assert response.headers == [
+                (b"x-note", b"a: b"),
+                (b"x-empty", b""),
+                (b"content-length", b"2"),
+            ]
+        kept = await pool.request(b"GET", b"/", [], b"", 5.0)
+        assert (b"x-request-id", b"replica-id") in kept.headers
         await pool.close()
 
 

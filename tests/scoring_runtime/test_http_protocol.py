@@ -15,6 +15,7 @@ from uvicorn.server import ServerState
 
 from scoring_runtime.http_protocol import (
     CLIENT_DISCONNECT,
+    HEADER_LINES,
     JOIN_LIMIT,
     DisconnectSignal,
     HttpProtocol,
@@ -70,6 +71,28 @@ async def test_head_and_body_go_out_in_one_write() -> None:
     protocol.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
     await asyncio.sleep(0.01)
     assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+
+
+async def test_header_lines_an_app_hands_over_are_written_as_they_are() -> None:
+    async def relay(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert HEADER_LINES in scope["extensions"]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"2")],
+                HEADER_LINES: b"X-From-Replica: a: b\r\nx-two: 2\r\n",
+            }
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    transport = RecordingTransport()
+    protocol = protocol_on(transport, relay)
+    protocol.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    await asyncio.sleep(0.01)
+    assert transport.writes == [
+        b"HTTP/1.1 200 OK\r\nX-From-Replica: a: b\r\nx-two: 2\r\ncontent-length: 2\r\n\r\nok"
+    ]
 
 
 async def test_a_head_whose_body_is_slow_goes_out_at_the_next_turn() -> None:
