@@ -20,6 +20,7 @@ from typing import Final, cast
 import httptools
 
 from scoring_runtime.alarm import Alarm
+from scoring_runtime.http_protocol import lower_name
 
 __all__ = [
     "ConnectionLost",
@@ -52,11 +53,6 @@ _RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length"}
 _CONNECTION_OPTIONS: Final = frozenset((b"keep-alive", b"close"))
 _PLAIN_CONNECTION: Final = frozenset((b"keep-alive", b"close", b"Keep-Alive", b"Close"))
 _NO_BODY_METHODS: Final = frozenset((b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"))
-# Response header names as the replica spelled them, with their lower-case form: a replica
-# sends the same few names on every answer, so a known one costs a dict lookup instead of
-# a lower() and a new bytes object. Bounded, so a replica inventing names cannot grow it.
-_LOWERED: Final[dict[bytes, bytes]] = {}
-_LOWERED_LIMIT: Final = 1024
 _NOTHING_REPLACED: Final[frozenset[bytes]] = frozenset()
 
 
@@ -389,11 +385,7 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._response is not None:
             return  # a trailer field after a chunked body: dropped, like Trailer itself
-        lowered = _LOWERED.get(name)
-        if lowered is None:
-            lowered = name.lower()
-            if len(_LOWERED) < _LOWERED_LIMIT:
-                _LOWERED[name] = lowered
+        lowered = lower_name(name)
         if lowered in _RESPONSE_DROP:
             if lowered == b"content-length":
                 self._length = value
@@ -402,7 +394,7 @@ class _Connection(asyncio.Protocol):
             elif lowered == b"connection":
                 self._listed = _listed_names(value, self._listed)
         elif lowered not in self._replaced:
-            lines = self._lines  # appended piece by piece: a tuple to extend by costs more
+            lines = self._lines  # as in UpstreamPool._encode
             lines.append(lowered)
             lines.append(b": ")
             lines.append(value)
@@ -628,7 +620,11 @@ class UpstreamPool:
                 if name == b"connection":
                     listed = _listed_names(value, listed)
                 continue
-            parts += (name, b": ", value, b"\r\n")
+            # Appended piece by piece: a tuple to extend by costs more.
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
         if listed and drop is _REQUEST_DROP:
             # Connection named other headers as hop-by-hop; they may come before it.
             return self._encode(method, target, headers, body, drop | listed)

@@ -39,7 +39,7 @@ from uvicorn.server import ServerState
 
 from scoring_runtime.alarm import Alarm
 
-__all__ = ["CLIENT_DISCONNECT", "HEADER_LINES", "DisconnectSignal", "HttpProtocol"]
+__all__ = ["CLIENT_DISCONNECT", "HEADER_LINES", "DisconnectSignal", "HttpProtocol", "lower_name"]
 
 CLIENT_DISCONNECT: Final = "mlfe.client_disconnect"
 # Offered in scope["extensions"]: `http.response.start` may carry, under this key, header
@@ -75,12 +75,20 @@ _NAME_KINDS: Final = {
     b"connection": _CONNECTION,
 }
 _NAME_KINDS_LIMIT: Final = 1024
+# Header names as a peer spelled them, with their lower-case form. Clients and replicas send
+# the same few names on every message: a known one costs a dict lookup instead of a lower()
+# and a new bytes object, and the lower-case object it returns keeps its hash, so the sets
+# and dicts it is looked up in next do not hash it again. Bounded like the above.
+_LOWERED: Final[dict[bytes, bytes]] = {}
+_LOWERED_LIMIT: Final = 1024
 # Request targets already seen to be plain paths (no query, escape or fragment), with
 # their decoded form: clients call the same few URLs over and over. Bounded like the above.
 _PLAIN_PATHS: Final[dict[bytes, str]] = {}
 _PLAIN_PATHS_LIMIT: Final = 1024
 _PLAIN_PATH_MAX_BYTES: Final = 256
 _NO_BODY_STATUS: Final = frozenset((204, 304))
+# Every scope's "asgi" entry: apps read it, none writes it, so one dict serves them all.
+_ASGI_VERSION: Final = {"version": "3.0", "spec_version": "2.3"}
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _SERVER_ERROR_HEADERS: Final = [
     (b"content-type", b"text/plain; charset=utf-8"),
@@ -89,6 +97,16 @@ _SERVER_ERROR_HEADERS: Final = [
 ]
 
 logger = logging.getLogger("uvicorn.error")
+
+
+def lower_name(name: bytes) -> bytes:
+    """A header name in lower case, as the parsers hand names over."""
+    lowered = _LOWERED.get(name)
+    if lowered is None:
+        lowered = name.lower()
+        if len(_LOWERED) < _LOWERED_LIMIT:
+            _LOWERED[name] = lowered
+    return lowered
 
 
 def _checked_name(name: bytes) -> tuple[bytes, int]:
@@ -294,7 +312,7 @@ class HttpProtocol(asyncio.Protocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
+        name = lower_name(name)
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
         self.headers.append((name, value))
@@ -321,7 +339,7 @@ class HttpProtocol(asyncio.Protocol):
         http_version = parser.get_http_version()
         scope = {
             "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "asgi": _ASGI_VERSION,
             "http_version": http_version,
             "server": self.server,
             "client": self.client,
