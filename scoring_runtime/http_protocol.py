@@ -236,6 +236,7 @@ class HttpProtocol(asyncio.Protocol):
         self.client: tuple[str, int] | None = None
         self.scheme = "http"
         self.signal = DisconnectSignal()
+        # Shared by the scopes of this connection's requests, as the signal in it is.
         self.extensions: dict[str, object] = {CLIENT_DISCONNECT: self.signal, HEADER_LINES: {}}
         self.closed = False
         self.read_paused = False
