@@ -17,18 +17,20 @@ from typing import Any, Final
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from router.dispatch import QueueFull, QueueTimeout, Replica
+from router.dispatch import QueueFull, QueueTimeout, Replica, ReplicaPool
 from router.registry import Deployment, Registry, ServiceRoute
 from router.swagger import rewrite_document
 from router.upstream import (
     ConnectionLost,
     NotDelivered,
+    UpstreamConnection,
     UpstreamPool,
     UpstreamResponse,
     UpstreamTimeout,
 )
 from scoring_runtime.http_protocol import CLIENT_DISCONNECT, HEADER_LINES, DisconnectSignal
 from scoring_runtime.request_ids import RequestIds
+from scoring_runtime.tally import HistogramTally
 
 PREFIX: Final = "/api/v1/service/"
 DEFAULT_MAX_BODY: Final = 100 * 1024 * 1024
@@ -121,6 +123,91 @@ def watch_client(
     if isinstance(signal, DisconnectSignal):
         return signal.watch(on_gone)
     return ClientWatch(receive, on_gone)
+
+
+class _Delivery:
+    """One scoring request on its way to a replica: the slot it holds, and the request
+    sent from the callback that freed the slot when it had to queue for one.
+
+    A queued request is written to its replica the moment a slot frees (`granted`), from
+    the protocol callback that read the previous answer's last byte, rather than after its
+    task has been woken and run: the replica gets its next request without waiting out the
+    rest of the loop's turn, and the task wakes once, with the answer.
+    """
+
+    __slots__ = (
+        "body",
+        "conn",
+        "headers",
+        "method",
+        "pool",
+        "queue_wait",
+        "queued_at",
+        "replica",
+        "target",
+        "timeout",
+        "watch",
+    )
+
+    def __init__(
+        self,
+        pool: ReplicaPool[UpstreamPool],
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeout: float,
+    ) -> None:
+        self.pool = pool
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.timeout = timeout
+        # The slot held, until released (by replica_done() as the last byte arrives).
+        self.replica: Replica[UpstreamPool] | None = None
+        # Set while queued.
+        self.queued_at = 0.0
+        self.queue_wait: HistogramTally | None = None
+        self.watch: DisconnectSignal | ClientWatch | None = None
+        # The connection a queued request was sent on by granted().
+        self.conn: UpstreamConnection | None = None
+
+    def granted(self, replica: Replica[UpstreamPool], slot: asyncio.Future[Any]) -> None:
+        """The pool's grant callback: send now if an idle connection takes the request
+        (`slot` then gets the answer), else wake the task with the replica to send it."""
+        self.replica = replica
+        if self.queue_wait is not None:
+            self.queue_wait.observe(time.perf_counter() - self.queued_at)
+        conn = replica.target.start(
+            self.method,
+            self.target,
+            self.headers,
+            self.body,
+            self.timeout,
+            self.replica_done,
+            OWN_RESPONSE_HEADERS,
+            slot,
+        )
+        if conn is None:
+            slot.set_result(replica)
+            return
+        self.conn = conn
+        if self.watch is not None:
+            # Delivered: from here on a client that leaves is noticed when its answer is
+            # sent, as for a request its task sent.
+            self.watch.close()
+
+    def replica_done(self) -> None:
+        """Called as the replica's last byte arrives: the next queued request can have
+        the slot now, without waiting for this task to run or for a slow client."""
+        self.release()
+
+    def release(self) -> None:
+        replica = self.replica
+        if replica is not None:
+            self.replica = None
+            self.pool.release(replica)
 
 
 class DataPlane:
@@ -246,29 +333,28 @@ class DataPlane:
         target = b"/score?" + scope["query_string"] if scope.get("query_string") else b"/score"
         method = scope["method"].encode()
         tried: set[str] = set()
-        replica: Replica[UpstreamPool] | None = None
-
-        def replica_done() -> None:
-            # Called as the replica's last byte arrives: the next queued request can have
-            # the slot now, without waiting for this task to run or for a slow client.
-            nonlocal replica
-            if replica is not None:
-                pool.release(replica)
-                replica = None
-
+        delivery = _Delivery(pool, method, target, headers, body, timeout)
         try:
             while True:
-                replica = await self._acquire(deployment, scope, receive, tried)
+                outcome = await self._acquire(deployment, scope, receive, tried, delivery)
+                if isinstance(outcome, UpstreamResponse):
+                    response = outcome  # sent the moment its slot freed
+                    break
                 try:
-                    response = await replica.target.request(
-                        method, target, headers, body, timeout, replica_done, OWN_RESPONSE_HEADERS
+                    response = await outcome.target.request(
+                        method,
+                        target,
+                        headers,
+                        body,
+                        timeout,
+                        delivery.replica_done,
+                        OWN_RESPONSE_HEADERS,
                     )
                     break
                 except NotDelivered:
                     # Never reached the replica: safe to try another one.
-                    tried.add(replica.id)
-                    pool.release(replica)
-                    replica = None
+                    tried.add(outcome.id)
+                    delivery.release()
                     if len(tried) >= MAX_DELIVERY_ATTEMPTS:
                         raise
             await send(_response_start(scope, response, echo))
@@ -292,6 +378,8 @@ class DataPlane:
             await send_error(send, 503, message, [*echo, RETRY_AFTER])
             return 503
         except UpstreamTimeout:
+            # A timed-out request never completes, so it still holds its replica's slot.
+            replica = delivery.replica
             if replica is not None and self.registry.on_replica_timeout is not None:
                 self.registry.on_replica_timeout(deployment.service, deployment.version, replica.id)
             message = f"Scoring timed out after {round(timeout * 1000)} ms"
@@ -308,35 +396,45 @@ class DataPlane:
         except ClientGone:
             return CLIENT_GONE
         finally:
-            if replica is not None:
-                pool.release(replica)
+            delivery.release()
 
     async def _acquire(
-        self, deployment: Deployment, scope: Scope, receive: Receive, tried: set[str]
-    ) -> Replica[UpstreamPool]:
-        """A replica slot now, or after waiting in the queue while watching the client."""
+        self,
+        deployment: Deployment,
+        scope: Scope,
+        receive: Receive,
+        tried: set[str],
+        delivery: _Delivery,
+    ) -> Replica[UpstreamPool] | UpstreamResponse:
+        """A replica slot now, or after waiting in the queue while watching the client; a
+        queued request may come back already answered (`_Delivery.granted`)."""
         pool = deployment.pool
         replica = pool.try_acquire(exclude=tried)
         if replica is not None:
             deployment.metrics.queue_wait.observe(0.0)
+            delivery.replica = replica
             return replica
         if tried and all(r.id in tried or r.draining for r in pool.replicas):
             # Every replica left has already refused this request: waiting cannot help.
             raise NotDelivered("no other replica to try")
-        queued_at = time.perf_counter()
-        slot = pool.enqueue(tried)
-        watch = watch_client(scope, receive, slot.cancel)
+        delivery.queued_at = time.perf_counter()
+        delivery.queue_wait = deployment.metrics.queue_wait
+        slot = pool.enqueue(tried, delivery.granted)
+        watch = delivery.watch = watch_client(scope, receive, slot.cancel)
         try:
-            replica = await slot
+            outcome: Replica[UpstreamPool] | UpstreamResponse = await slot
+            return outcome
         except asyncio.CancelledError:
-            pool.withdraw(slot)
+            if delivery.conn is not None:
+                delivery.conn.give_up(slot)  # sent; the replica's answer goes unread
+            elif delivery.replica is None:
+                pool.withdraw(slot)  # still queued
             if watch.client_gone:
                 raise ClientGone from None
             raise
         finally:
+            delivery.watch = None
             watch.close()
-        deployment.metrics.queue_wait.observe(time.perf_counter() - queued_at)
-        return replica
 
     async def _stream(self, send: Send, response: UpstreamResponse) -> None:
         """Relay a response whose body is still arriving, chunk by chunk."""

@@ -10,7 +10,9 @@ Accounting rule: a slot is counted on its replica from the moment it is granted 
 `release()`, whoever holds it, including a waiter whose task has not resumed yet.
 Everything runs on the event loop thread; no method awaits except `acquire()`. Callers
 that must wait on something else at the same time (the data plane watches for its client
-going away) use the future from `enqueue()` and hand it back with `withdraw()`.
+going away) use the future from `enqueue()` and hand it back with `withdraw()`. A caller
+can also take a granted slot in the callback that frees it (`enqueue(on_grant=...)`): the
+data plane sends the queued request from there, before its task has run again.
 """
 
 from __future__ import annotations
@@ -55,18 +57,27 @@ class Replica(Generic[T]):
         return f"Replica(id={self.id!r}, in_flight={self.in_flight}, draining={self.draining})"
 
 
-class _Waiter:
-    """A queued request: the future its slot arrives on, replicas it must not get, and
-    the loop time its wait ends."""
+# Takes a slot granted to a queued request, in place of the pool resolving its future.
+GrantCallback = Callable[[Replica[Any], "asyncio.Future[Any]"], object]
 
-    __slots__ = ("deadline", "exclude", "future")
+
+class _Waiter:
+    """A queued request: the future its slot arrives on, replicas it must not get, the
+    loop time its wait ends, and who takes the slot when it is granted."""
+
+    __slots__ = ("deadline", "exclude", "future", "on_grant")
 
     def __init__(
-        self, future: asyncio.Future[Replica[Any]], exclude: Collection[str], deadline: float
+        self,
+        future: asyncio.Future[Any],
+        exclude: Collection[str],
+        deadline: float,
+        on_grant: GrantCallback | None,
     ) -> None:
         self.future = future
         self.exclude = exclude
         self.deadline = deadline
+        self.on_grant = on_grant
 
 
 class ReplicaPool(Generic[T]):
@@ -100,7 +111,7 @@ class ReplicaPool(Generic[T]):
         self._in_flight = 0
         # Oldest first, by future; an OrderedDict removes a withdrawn waiter from the
         # middle in O(1).
-        self._waiters: OrderedDict[asyncio.Future[Replica[T]], _Waiter] = OrderedDict()
+        self._waiters: OrderedDict[asyncio.Future[Any], _Waiter] = OrderedDict()
         self._drained: dict[Replica[T], asyncio.Future[None]] = {}
         # One timer ends every wait: it is set for the oldest waiter's deadline, and each
         # time it fires it expires whoever is due and moves on to the next deadline. In a
@@ -255,28 +266,39 @@ class ReplicaPool(Generic[T]):
             self.withdraw(future)
             raise
 
-    def enqueue(self, exclude: Collection[str] = ()) -> asyncio.Future[Replica[T]]:
-        """Join the queue: the future gets the first slot freed for this request, or
-        QueueTimeout after `max_queue_wait`. Raises QueueFull at once when the queue is at
-        its limit. A caller that stops waiting must `withdraw()` the future."""
+    def enqueue(
+        self, exclude: Collection[str] = (), on_grant: GrantCallback | None = None
+    ) -> asyncio.Future[Any]:
+        """Join the queue: the future gets the first slot freed for this request (a
+        Replica), or QueueTimeout after `max_queue_wait`. Raises QueueFull at once when the
+        queue is at its limit. A caller that stops waiting must `withdraw()` the future.
+
+        With `on_grant`, the slot is handed to `on_grant(replica, future)` instead, from
+        the callback that freed it, and the future is left to it: the slot is then the
+        caller's, to `release()` itself, and `withdraw()` no longer applies.
+        """
         if len(self._waiters) >= self.max_queue_length:
             raise QueueFull
         if self.max_queue_wait <= 0:
             raise QueueTimeout
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Replica[T]] = loop.create_future()
+        expiry = self._expiry
+        # The loop this pool last waited on, while it runs: asking asyncio for the running
+        # loop costs a getpid() system call per request on Python 3.11.
+        if expiry is not None and expiry.loop.is_running():
+            loop = expiry.loop
+        else:
+            loop = asyncio.get_running_loop()
+            expiry = self._expiry = Alarm(loop, self._expire_due)
+        future: asyncio.Future[Any] = loop.create_future()
         deadline = loop.time() + self.max_queue_wait
         self._integrate()
-        self._waiters[future] = _Waiter(future, exclude, deadline)
-        expiry = self._expiry
-        if expiry is None or expiry.loop is not loop:
-            expiry = self._expiry = Alarm(loop, self._expire_due)
-        elif expiry.is_set and deadline < expiry.when:
+        self._waiters[future] = _Waiter(future, exclude, deadline, on_grant)
+        if expiry.is_set and deadline < expiry.when:
             self._unordered = True
         expiry.set(deadline)
         return future
 
-    def withdraw(self, future: asyncio.Future[Replica[T]]) -> None:
+    def withdraw(self, future: asyncio.Future[Any]) -> None:
         """Leave the queue without being served; a slot granted in the same instant goes
         to the next waiter, because this request will never be sent."""
         if future in self._waiters:
@@ -346,14 +368,17 @@ class ReplicaPool(Generic[T]):
             return False
         self._take(replica)
         del self._waiters[future]
-        future.set_result(replica)
+        if waiter.on_grant is None:
+            future.set_result(replica)
+        else:
+            waiter.on_grant(replica, future)
         return True
 
     def _expire_due(self) -> None:
         """Fail every waiter whose maximum wait is over with QueueTimeout."""
         assert self._expiry is not None  # it is what calls this
         now = self._expiry.loop.time()
-        due: list[asyncio.Future[Replica[T]]] = []
+        due: list[asyncio.Future[Any]] = []
         next_deadline: float | None = None
         ordered = True  # the waiters left are in deadline order
         previous = 0.0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import httptools
 
@@ -25,6 +25,7 @@ from scoring_runtime.http_protocol import lower_name
 __all__ = [
     "ConnectionLost",
     "NotDelivered",
+    "UpstreamConnection",
     "UpstreamError",
     "UpstreamPool",
     "UpstreamResponse",
@@ -102,13 +103,13 @@ class UpstreamResponse:
         "status",
     )
 
-    def __init__(self, conn: _Connection, status: int, lines: bytes, length: bytes | None):
+    def __init__(self, conn: UpstreamConnection, status: int, lines: bytes, length: bytes | None):
         self.status = status
         self.lines = lines
         self.length = length
         self.body = b""
         self.complete = False
-        self._conn: _Connection | None = conn  # None once the body is in or given up
+        self._conn: UpstreamConnection | None = conn  # None once the body is in or given up
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._done = False
@@ -187,7 +188,7 @@ class UpstreamResponse:
             reader.set_result(None)
 
 
-class _Connection(asyncio.Protocol):
+class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection; at most one request in flight (no pipelining)."""
 
     __slots__ = (
@@ -258,7 +259,28 @@ class _Connection(asyncio.Protocol):
         on_done: Callable[[], None] | None,
         replaced: frozenset[bytes],
     ) -> UpstreamResponse:
-        """Send one request; return when the status line and headers are in.
+        """Send one request; return when the status line and headers are in."""
+        waiter: asyncio.Future[UpstreamResponse] = self.loop.create_future()
+        self.send(data, body, head, deadline, on_done, replaced, waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            self.give_up(waiter)
+            raise
+
+    def send(
+        self,
+        data: bytes,
+        body: bytes | None,
+        head: bool,
+        deadline: float,
+        on_done: Callable[[], None] | None,
+        replaced: frozenset[bytes],
+        waiter: asyncio.Future[Any],
+    ) -> None:
+        """Write one request; `waiter` gets its UpstreamResponse once the status line and
+        headers are in, or the UpstreamError that ended it. Raises NotDelivered when not a
+        byte could be written.
 
         `on_done` is called once the replica has sent the whole response, from the
         protocol callback that received its last byte, after the connection went back to
@@ -275,7 +297,7 @@ class _Connection(asyncio.Protocol):
         self._on_done = on_done
         self._replaced = replaced
         self._message_done = False
-        waiter = self._waiter = self.loop.create_future()
+        self._waiter = waiter
         self._deadline = deadline
         self._timer.set(deadline)
         try:
@@ -289,16 +311,16 @@ class _Connection(asyncio.Protocol):
             raise NotDelivered("the connection to the replica was already closed")
         if body is not None:
             transport.write(body)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            # The caller gave up; whatever the replica sends next belongs to no one.
-            if not waiter.done() or waiter.cancelled():
-                self._waiter = None
-                self._abort()
-            elif waiter.exception() is None:
-                waiter.result().abandon()
-            raise
+
+    def give_up(self, waiter: asyncio.Future[Any]) -> None:
+        """The caller stopped waiting on `waiter` (its task was cancelled): whatever the
+        replica sends for that request belongs to no one, so the connection is closed."""
+        if self._waiter is waiter:
+            self._waiter = None
+            self._abort()
+        elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            waiter.result().abandon()
+        # Otherwise the headers came in after the cancel: _hand_over() abandoned them.
 
     def close(self) -> None:
         """Close gracefully (an idle connection)."""
@@ -342,7 +364,6 @@ class _Connection(asyncio.Protocol):
             # A body without length or chunks ends where the connection does.
             self._keep_alive = False
             self._finish(response)
-            self._hand_over(response)
         elif self._waiter is not None or response is not None:
             self._fail(ConnectionLost("the replica closed the connection before answering"))
 
@@ -370,7 +391,8 @@ class _Connection(asyncio.Protocol):
             return
         if self._message_done:
             self._finish(response)
-        self._hand_over(response)
+        else:
+            self._hand_over(response)
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -444,7 +466,8 @@ class _Connection(asyncio.Protocol):
 
     # Internals
     def _finish(self, response: UpstreamResponse) -> None:
-        """The whole body is in: complete the response, then reuse or close the connection."""
+        """The whole body is in: complete and hand over the response, then reuse or close
+        the connection, then call `on_done`, which may send the next request on it."""
         self._response = None
         self._clear_deadline()
         if self._waiter is not None:
@@ -459,6 +482,7 @@ class _Connection(asyncio.Protocol):
             if not self._head and status != 204 and status != 304:
                 response.length = str(len(response.body)).encode()
         response.end()
+        self._hand_over(response)
         if self._paused:
             self.resume()
         transport = self._transport
@@ -484,6 +508,11 @@ class _Connection(asyncio.Protocol):
                 response._buffered = 0
         if not waiter.done():
             waiter.set_result(response)
+        else:
+            # Cancelled before the headers came: a body still arriving ends the connection
+            # now (a complete one left it reusable). give_up() would be too late, since the
+            # connection may be serving another request by the time it runs.
+            response.abandon()
 
     def _on_timer(self) -> None:
         deadline = self._deadline
@@ -547,8 +576,8 @@ class UpstreamPool:
         self.idle_timeout = idle_timeout
         self._unix_path, self._host, self._port, authority = _parse_address(address)
         self._request_line_end = b" HTTP/1.1\r\nhost: " + authority + b"\r\n"
-        self._idle: list[_Connection] = []
-        self._open: set[_Connection] = set()
+        self._idle: list[UpstreamConnection] = []
+        self._open: set[UpstreamConnection] = set()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -597,6 +626,36 @@ class UpstreamPool:
         conn = await self._connect(loop, deadline)
         return await conn.exchange(data, rest, head, deadline, on_done, replaced)
 
+    def start(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeout: float,
+        on_done: Callable[[], None] | None,
+        replaced: frozenset[bytes],
+        waiter: asyncio.Future[Any],
+    ) -> UpstreamConnection | None:
+        """Send a request now, without awaiting anything, if an idle connection takes it:
+        `waiter` then gets the response as from `request()`, and the caller hands the
+        connection back to `give_up(waiter)` if it stops waiting. None: nothing was sent
+        (no idle connection, or the replica had closed it); use `request()`.
+        """
+        loop = self._loop
+        if loop is None:
+            return None  # never used yet, so nothing is idle
+        now = loop.time()
+        conn = self._take_idle(now)
+        if conn is None:
+            return None
+        data, rest = self._encode(method, target, headers, body)
+        try:
+            conn.send(data, rest, method == b"HEAD", now + timeout, on_done, replaced, waiter)
+        except NotDelivered:
+            return None
+        return conn
+
     async def close(self) -> None:
         """Close idle connections now and busy ones when their response is done."""
         self._closed = True
@@ -638,7 +697,7 @@ class UpstreamPool:
             return b"".join(parts), None
         return b"".join(parts), body
 
-    def _take_idle(self, now: float) -> _Connection | None:
+    def _take_idle(self, now: float) -> UpstreamConnection | None:
         idle = self._idle
         while idle:
             conn = idle.pop()
@@ -647,10 +706,12 @@ class UpstreamPool:
             conn.close()
         return None
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, deadline: float
+    ) -> UpstreamConnection:
         if self._closed:
             raise NotDelivered(f"the pool for {self.address} is closed")
-        conn = _Connection(self, loop)
+        conn = UpstreamConnection(self, loop)
         try:
             if self._unix_path is not None:
                 connecting = loop.create_unix_connection(lambda: conn, self._unix_path)
@@ -664,10 +725,10 @@ class UpstreamPool:
         return conn
 
     # Called by connections.
-    def _opened(self, conn: _Connection) -> None:
+    def _opened(self, conn: UpstreamConnection) -> None:
         self._open.add(conn)
 
-    def _release(self, conn: _Connection) -> None:
+    def _release(self, conn: UpstreamConnection) -> None:
         if self._closed or len(self._idle) >= self.max_idle:
             conn.close()
             return
@@ -675,7 +736,7 @@ class UpstreamPool:
         conn.idle_since = self._loop.time()
         self._idle.append(conn)
 
-    def _forget(self, conn: _Connection) -> None:
+    def _forget(self, conn: UpstreamConnection) -> None:
         self._open.discard(conn)
         if conn in self._idle:
             self._idle.remove(conn)

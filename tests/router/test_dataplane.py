@@ -331,6 +331,58 @@ async def test_disconnect_while_queued_is_never_sent(
     assert deployment.pool.in_flight == 0
 
 
+# A queued request is sent to its replica from the callback that frees its slot; the
+# tests below follow such a request through what can happen to it after that.
+
+
+async def test_a_client_leaving_after_its_queued_request_was_sent_frees_the_slot(
+    router: Router, replicas: list[RuntimeProcess], tmp_path: Path
+) -> None:
+    router.deploy({"a": [address(replicas[0])]}, max_queue_wait=5.0)
+    record = tmp_path / "delivered.txt"
+    busy = asyncio.create_task(router.score({"sleep": 0.3, "record": str(record), "echo": "busy"}))
+    await asyncio.sleep(0.1)
+    # Sent when `busy` is answered (0.3 s); its client gives up while the replica works.
+    with pytest.raises(httpx.ReadTimeout):
+        await router.score({"sleep": 0.4, "record": str(record), "echo": "sent"}, timeout=0.4)
+    assert (await busy).status_code == 200
+    after = await router.score({"record": str(record), "echo": "after"})
+    assert after.status_code == 200
+    assert record.read_text().split() == ["busy", "sent", "after"]
+    pool = router.registry.deployment("svc", "a").pool
+    assert pool.waiting == 0
+    assert pool.in_flight == 0
+
+
+async def test_scoring_timeout_of_a_queued_request_runs_from_when_it_is_sent(
+    router: Router, replicas: list[RuntimeProcess]
+) -> None:
+    router.deploy({"a": [address(replicas[1])]}, scoring_timeout=0.3, max_queue_wait=5.0)
+    busy = asyncio.create_task(router.score({"sleep": 0.25}))
+    await asyncio.sleep(0.05)
+    # 0.2 s in the queue and 0.2 s of scoring: within the timeout, which is for scoring.
+    assert (await router.score({"sleep": 0.2, "echo": "in time"})).json()["echo"] == "in time"
+    assert (await busy).status_code == 200
+    busy = asyncio.create_task(router.score({"sleep": 0.1}))
+    await asyncio.sleep(0.05)
+    late = await router.score({"sleep": 0.6})
+    assert "300 ms" in assert_json_error(late, 504)
+    assert (await busy).status_code == 200
+    # A new connection serves the next request once the replica is done with the late one.
+    assert (await router.score({"echo": 3})).json()["echo"] == 3
+
+
+async def test_502_when_the_replica_dies_on_a_queued_request(
+    router: Router, replica: RuntimeProcess
+) -> None:
+    router.deploy({"a": [address(replica)]}, max_queue_wait=5.0)
+    busy = asyncio.create_task(router.score({"sleep": 0.2}))
+    await asyncio.sleep(0.05)
+    assert_json_error(await router.score({"exit": True}), 502)
+    assert (await busy).status_code == 200
+    assert router.registry.deployment("svc", "a").pool.in_flight == 0
+
+
 async def test_504_after_scoring_timeout(router: Router, replicas: list[RuntimeProcess]) -> None:
     router.deploy({"a": [address(replicas[1])]}, scoring_timeout=0.2)
     response = await router.score({"sleep": 0.6})

@@ -278,6 +278,50 @@ def test_slot_granted_before_withdraw_goes_to_the_next_waiter(loop: ManualTimeLo
     run(loop, scenario)
 
 
+def test_a_grant_callback_takes_the_slot_inside_the_release_that_frees_it(
+    loop: ManualTimeLoop,
+) -> None:
+    async def scenario() -> None:
+        pool, busy = full_pool(loop, wait=5)
+        grants: list[tuple[Replica[str], asyncio.Future[object]]] = []
+
+        def on_grant(replica: Replica[str], future: asyncio.Future[object]) -> None:
+            grants.append((replica, future))
+
+        gone = pool.enqueue(on_grant=on_grant)
+        taker = pool.enqueue(on_grant=on_grant)
+        gone.cancel()  # its client left; it must not be given the slot
+        pool.release(busy)
+        # No task has run: the callback had the slot before release() returned, and the
+        # future is left for it to resolve.
+        assert grants == [(busy, taker)] and not taker.done()
+        assert pool.in_flight == 1 and busy.in_flight == 1
+        pool.withdraw(gone)
+        assert pool.waiting == 0
+        pool.release(busy)  # the callback's to release, once its request is over
+        assert pool.in_flight == 0
+
+    run(loop, scenario)
+
+
+def test_a_pool_used_again_on_a_new_loop_times_out_its_waiters_there() -> None:
+    pool = ReplicaPool[str](slots_per_replica=1, max_queue_wait=1.0)
+    pool.add("r1", "a")
+    busy = pool.try_acquire()
+    for _ in range(2):  # e.g. one test's event loop after another's
+        loop = ManualTimeLoop(now=1000.0)
+
+        async def scenario(loop: ManualTimeLoop = loop) -> None:
+            task = spawn(pool)
+            await advance(loop, 1.5)
+            assert isinstance(task.exception(), QueueTimeout)
+
+        run(loop, scenario)
+        loop.close()
+        assert loop.errors == []
+    assert busy is not None and pool.waiting == 0
+
+
 def test_slot_granted_to_a_waiter_cancelled_in_the_same_instant_is_passed_on(
     loop: ManualTimeLoop,
 ) -> None:

@@ -37,6 +37,7 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
 }
 TEST_DEADLINE = 30.0
+NONE: frozenset[bytes] = frozenset()  # no response fields replaced by the caller
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -487,6 +488,90 @@ async def test_on_done_never_runs_for_a_failed_request() -> None:
     with pytest.raises(NotDelivered):
         await pool.request(b"GET", b"/echo", [], b"", 5.0, lambda: done.append(None))
     assert done == []
+
+
+@on_both_loops
+async def test_start_sends_at_once_on_an_idle_connection_or_not_at_all() -> None:
+    app = PeerApp()
+    async with UvicornPeer(app) as peer:
+        pool = UpstreamPool(peer.address)
+        loop = asyncio.get_running_loop()
+        unsent = loop.create_future()
+        # Nothing idle yet: nothing is sent, and the caller uses request().
+        assert pool.start(b"POST", b"/echo", [], b"no", 5.0, None, NONE, unsent) is None
+        await pool.request(b"GET", b"/echo", [], b"", 5.0)
+        waiter = loop.create_future()
+        assert pool.start(b"POST", b"/echo", [], b"four", 5.0, None, NONE, waiter) is not None
+        assert pool.idle_count == 0
+        response = await waiter
+        assert orjson.loads(response.body)["length"] == 4
+        assert [r["body"] for r in app.requests] == [b"", b"four"]
+        assert app.connections == 1 and not unsent.done()
+        await pool.close()
+
+
+@on_both_loops
+async def test_on_done_can_send_the_next_request_on_the_connection_it_frees() -> None:
+    """How the router serves its queue: each request still gets its own answer."""
+    app = PeerApp()
+    async with UvicornPeer(app) as peer:
+        pool = UpstreamPool(peer.address)
+        await pool.request(b"GET", b"/echo", [], b"", 5.0)
+        second = asyncio.get_running_loop().create_future()
+        sent: list[object] = []
+
+        def send_next() -> None:
+            sent.append(pool.start(b"POST", b"/echo", [], b"22", 5.0, None, NONE, second))
+
+        first = await pool.request(b"POST", b"/echo", [], b"1", 5.0, send_next)
+        assert orjson.loads(first.body)["length"] == 1
+        assert sent and sent[0] is not None
+        assert orjson.loads((await second).body)["length"] == 2
+        assert app.connections == 1
+        await pool.close()
+
+
+@on_both_loops
+async def test_giving_up_on_a_started_request_closes_its_connection() -> None:
+    app = PeerApp()
+    async with UvicornPeer(app) as peer:
+        pool = UpstreamPool(peer.address)
+        await pool.request(b"GET", b"/echo", [], b"", 5.0)
+        waiter = asyncio.get_running_loop().create_future()
+        conn = pool.start(b"GET", b"/sleep?10", [], b"", 5.0, None, NONE, waiter)
+        assert conn is not None
+        await eventually(lambda: len(app.requests) == 2)
+        waiter.cancel()
+        conn.give_up(waiter)
+        await asyncio.wait_for(app.disconnected.wait(), 5.0)
+        await eventually(lambda: pool.open_count == 0)
+
+
+@on_both_loops
+async def test_an_answer_that_comes_after_its_caller_gave_up_is_never_handed_over() -> None:
+    """The caller's give_up() may run after the answer arrived; by then the connection
+    can be serving the next request, which must not be disturbed."""
+    app = PeerApp()
+    async with UvicornPeer(app) as peer:
+        pool = UpstreamPool(peer.address)
+        await pool.request(b"GET", b"/echo", [], b"", 5.0)
+        loop = asyncio.get_running_loop()
+        # A whole answer: the connection goes back to the pool.
+        waiter = loop.create_future()
+        conn = pool.start(b"GET", b"/echo", [], b"", 5.0, None, NONE, waiter)
+        assert conn is not None
+        waiter.cancel()
+        await eventually(lambda: pool.idle_count == 1)
+        streaming = await pool.request(b"GET", b"/chunks?1", [], b"", 5.0)
+        conn.give_up(waiter)
+        app.gate.put_nowait(None)
+        assert await read_all(streaming) == b"chunk0;"
+        assert app.connections == 1
+        # A body still to come: nobody will read it, so the connection is closed.
+        waiter = loop.create_future()
+        assert pool.start(b"GET", b"/chunks?1", [], b"", 5.0, None, NONE, waiter) is not None
+        waiter.cancel()
+        await eventually(lambda: pool.open_count == 0)
 
 
 @on_both_loops
