@@ -164,7 +164,7 @@ class _Delivery:
         self.headers = headers
         self.body = body
         self.timeout = timeout
-        # The slot held, until released (by replica_done() as the last byte arrives).
+        # The slot held: freed as the replica's last byte arrives, or when the request ends.
         self.replica: Replica[UpstreamPool] | None = None
         # Set while queued.
         self.queued_at = 0.0
@@ -185,7 +185,7 @@ class _Delivery:
             self.headers,
             self.body,
             self.timeout,
-            self.replica_done,
+            self.release,
             OWN_RESPONSE_HEADERS,
             slot,
         )
@@ -198,12 +198,10 @@ class _Delivery:
             # sent, as for a request its task sent.
             self.watch.close()
 
-    def replica_done(self) -> None:
-        """Called as the replica's last byte arrives: the next queued request can have
-        the slot now, without waiting for this task to run or for a slow client."""
-        self.release()
-
     def release(self) -> None:
+        """Free the slot, if still held. Also the upstream's `on_done`, called as the
+        replica's last byte arrives: the next queued request can have the slot then,
+        without waiting for this task to run or for a slow client."""
         replica = self.replica
         if replica is not None:
             self.replica = None
@@ -347,7 +345,7 @@ class DataPlane:
                         headers,
                         body,
                         timeout,
-                        delivery.replica_done,
+                        delivery.release,
                         OWN_RESPONSE_HEADERS,
                     )
                     break

@@ -1,9 +1,11 @@
 """Keep-alive HTTP/1.1 connections from the router to one replica.
 
-This is the hot path: every scoring request goes through `UpstreamPool.request`. Each
-connection is an `asyncio.Protocol` whose `httptools` parser callbacks fill a little
-per-response state, the way uvicorn's server protocol does; a request costs one future,
-one response object and one `transport.write` (the timeout's timer is the connection's).
+This is the hot path: every scoring request goes through `UpstreamPool.request`, or
+through `UpstreamPool.start` when it is sent from a callback (the router's queue sends a
+waiting request as the previous answer's last byte frees its slot). Each connection is an
+`asyncio.Protocol` whose `httptools` parser callbacks fill a little per-response state,
+the way uvicorn's server protocol does; a request costs one future, one response object
+and one `transport.write` (the timeout's timer is the connection's).
 
 Delivery matters more than usual: a request that never reached the replica may be sent
 to another one, a request that did must not be. So the errors say which happened
