@@ -370,8 +370,14 @@ class ReplicaPool(Generic[T]):
         del self._waiters[future]
         if waiter.on_grant is None:
             future.set_result(replica)
-        else:
+            return True
+        try:
             waiter.on_grant(replica, future)
+        except Exception as exc:
+            # Fail the request it was for, not the release() (a connection's callback)
+            # that freed the slot. The slot is the callback's, as if it had succeeded.
+            if not future.done():
+                future.set_exception(exc)
         return True
 
     def _expire_due(self) -> None:

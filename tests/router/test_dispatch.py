@@ -304,6 +304,23 @@ def test_a_grant_callback_takes_the_slot_inside_the_release_that_frees_it(
     run(loop, scenario)
 
 
+def test_a_grant_callback_that_fails_fails_its_own_request_only(loop: ManualTimeLoop) -> None:
+    async def scenario() -> None:
+        pool, busy = full_pool(loop, wait=5)
+
+        def broken(replica: Replica[str], future: asyncio.Future[object]) -> None:
+            raise ValueError("no way to send it")
+
+        future = pool.enqueue(on_grant=broken)
+        pool.release(busy)  # returns normally
+        assert isinstance(future.exception(), ValueError)
+        assert pool.in_flight == 1 and pool.waiting == 0
+        pool.release(busy)
+        assert pool.in_flight == 0
+
+    run(loop, scenario)
+
+
 def test_a_pool_used_again_on_a_new_loop_times_out_its_waiters_there() -> None:
     pool = ReplicaPool[str](slots_per_replica=1, max_queue_wait=1.0)
     pool.add("r1", "a")
