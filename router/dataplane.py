@@ -157,6 +157,7 @@ class _Delivery:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         timeout: float,
+        queue_wait: HistogramTally,
     ) -> None:
         self.pool = pool
         self.method = method
@@ -164,11 +165,11 @@ class _Delivery:
         self.headers = headers
         self.body = body
         self.timeout = timeout
+        self.queue_wait = queue_wait
         # The slot held: freed as the replica's last byte arrives, or when the request ends.
         self.replica: Replica[UpstreamPool] | None = None
         # Set while queued.
         self.queued_at = 0.0
-        self.queue_wait: HistogramTally | None = None
         self.watch: DisconnectSignal | ClientWatch | None = None
         # The connection a queued request was sent on by granted().
         self.conn: UpstreamConnection | None = None
@@ -177,8 +178,7 @@ class _Delivery:
         """The pool's grant callback: send now if an idle connection takes the request
         (`slot` then gets the answer), else wake the task with the replica to send it."""
         self.replica = replica
-        if self.queue_wait is not None:
-            self.queue_wait.observe(time.perf_counter() - self.queued_at)
+        self.queue_wait.observe(time.perf_counter() - self.queued_at)
         conn = replica.target.start(
             self.method,
             self.target,
@@ -331,7 +331,8 @@ class DataPlane:
         target = b"/score?" + scope["query_string"] if scope.get("query_string") else b"/score"
         method = scope["method"].encode()
         tried: set[str] = set()
-        delivery = _Delivery(pool, method, target, headers, body, timeout)
+        queue_wait = deployment.metrics.queue_wait
+        delivery = _Delivery(pool, method, target, headers, body, timeout, queue_wait)
         try:
             while True:
                 outcome = await self._acquire(deployment, scope, receive, tried, delivery)
@@ -416,7 +417,6 @@ class DataPlane:
             # Every replica left has already refused this request: waiting cannot help.
             raise NotDelivered("no other replica to try")
         delivery.queued_at = time.perf_counter()
-        delivery.queue_wait = deployment.metrics.queue_wait
         slot = pool.enqueue(tried, delivery.granted)
         watch = delivery.watch = watch_client(scope, receive, slot.cancel)
         try:
